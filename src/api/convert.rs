@@ -1,0 +1,112 @@
+//! Proto messages to validated domain types and back. Validation errors name
+//! the request field as the caller wrote it.
+
+use time::OffsetDateTime;
+
+use crate::domain::{
+    AccessToken, Email, EmailAddress, ExternalId, NamePart, NewUser, PersonName, Subtenant, User,
+    ValidationError,
+};
+use crate::proto::v1 as pb;
+
+const MAX_SUBTENANT_FIELD_LEN: usize = 256;
+
+pub fn new_user(request: &pb::CreateUserRequest) -> Result<NewUser, ValidationError> {
+    let external_id = ExternalId::parse("external_id", &request.external_id)?;
+    let name = match &request.name {
+        Some(name) => PersonName {
+            given_name: NamePart::parse("name.given_name", &name.given_name)?,
+            family_name: NamePart::parse("name.family_name", &name.family_name)?,
+        },
+        None => PersonName::default(),
+    };
+    let [email] = request.emails.as_slice() else {
+        return Err(ValidationError::new(
+            "emails",
+            format!(
+                "exactly one email is required, got {}",
+                request.emails.len()
+            ),
+        ));
+    };
+    let email = Email {
+        value: EmailAddress::parse("emails[0].value", &email.value)?,
+        primary: email.primary,
+    };
+    let subtenant = request.subtenant.as_ref().map(subtenant).transpose()?;
+    Ok(NewUser {
+        external_id,
+        name,
+        email,
+        subtenant,
+    })
+}
+
+fn subtenant(subtenant: &pb::Subtenant) -> Result<Subtenant, ValidationError> {
+    let bounded = |field: &str, value: &str| {
+        if value.is_empty() || value.chars().count() > MAX_SUBTENANT_FIELD_LEN {
+            Err(ValidationError::new(
+                field,
+                format!("must be 1 to {MAX_SUBTENANT_FIELD_LEN} characters"),
+            ))
+        } else if value.chars().any(char::is_control) {
+            Err(ValidationError::new(
+                field,
+                "must not contain control characters",
+            ))
+        } else {
+            Ok(value.to_owned())
+        }
+    };
+    Ok(Subtenant {
+        name: bounded("subtenant.name", &subtenant.name)?,
+        provider_id: bounded("subtenant.provider_id", &subtenant.provider_id)?,
+    })
+}
+
+impl From<User> for pb::User {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id,
+            external_id: user.external_id,
+            name: Some(pb::PersonName {
+                given_name: user.given_name,
+                family_name: user.family_name,
+            }),
+            emails: user
+                .emails
+                .into_iter()
+                .map(|email| pb::Email {
+                    value: email.value,
+                    primary: email.primary,
+                })
+                .collect(),
+            create_time: user.created.map(timestamp),
+            subtenant: user.subtenant.map(|s| pb::Subtenant {
+                name: s.name,
+                provider_id: s.provider_id,
+            }),
+        }
+    }
+}
+
+impl From<AccessToken> for pb::AccessToken {
+    fn from(token: AccessToken) -> Self {
+        Self {
+            access_token: token.access_token,
+            token_type: token.token_type,
+            expire_time: Some(prost_types::Timestamp {
+                seconds: token.expires_at,
+                nanos: 0,
+            }),
+            scopes: token.scopes,
+        }
+    }
+}
+
+fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: at.nanosecond() as i32,
+    }
+}

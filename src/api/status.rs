@@ -1,0 +1,98 @@
+//! The one place where errors become gRPC statuses.
+//!
+//! Every status carries a `google.rpc.ErrorInfo` with an UPPER_SNAKE reason
+//! in domain [`ERROR_DOMAIN`]; provider failures add the provider's own
+//! error code as metadata `upstream_error`, invalid input a `BadRequest`
+//! naming the field, rate limits a `RetryInfo`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::provider::ProviderError;
+use crate::service::Error;
+
+pub const ERROR_DOMAIN: &str = "bankauth.dev";
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::new();
+        let (code, reason) = match error {
+            Error::InvalidArgument(invalid) => {
+                details.add_bad_request_violation(&invalid.field, &invalid.reason);
+                metadata.insert("field".to_owned(), invalid.field);
+                (Code::InvalidArgument, "INVALID_ARGUMENT")
+            }
+            Error::UserConflict { provider, .. } => {
+                metadata.insert("provider".to_owned(), provider);
+                (Code::AlreadyExists, "USER_ALREADY_EXISTS")
+            }
+            Error::Provider { provider, source } => {
+                metadata.insert("provider".to_owned(), provider);
+                if let Some(upstream) = upstream_error(&source) {
+                    metadata.insert("upstream_error".to_owned(), upstream);
+                }
+                if let ProviderError::RateLimited {
+                    retry_after: Some(delay),
+                } = source
+                {
+                    details.set_retry_info(Some(delay));
+                }
+                classify(&source)
+            }
+        };
+        let message = match reason {
+            "UPSTREAM_REJECTED_CREDENTIALS" => format!(
+                "{message} (the provider rejected this service's credentials: check the client id and key registered with it)"
+            ),
+            _ => message,
+        };
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
+        Status::with_error_details(code, message, details)
+    }
+}
+
+/// The gRPC code and ErrorInfo reason for each provider failure.
+fn classify(error: &ProviderError) -> (Code, &'static str) {
+    match error {
+        ProviderError::OAuth { error, .. } => match error.as_str() {
+            "invalid_scope" | "invalid_request" | "invalid_grant" => {
+                (Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST")
+            }
+            "invalid_client" | "unauthorized_client" => {
+                (Code::FailedPrecondition, "UPSTREAM_REJECTED_CREDENTIALS")
+            }
+            "temporarily_unavailable" | "server_error" => {
+                (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
+            }
+            _ => (Code::FailedPrecondition, "UPSTREAM_REFUSED"),
+        },
+        ProviderError::Scim { status, .. } => match status {
+            404 => (Code::NotFound, "USER_NOT_FOUND"),
+            409 => (Code::AlreadyExists, "USER_ALREADY_EXISTS"),
+            401 | 403 => (Code::FailedPrecondition, "UPSTREAM_REJECTED_CREDENTIALS"),
+            400 => (Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST"),
+            _ => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        },
+        ProviderError::RateLimited { .. } => (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
+        ProviderError::Unavailable { .. } => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+    }
+}
+
+/// The provider's own error code: the OAuth `error`, the SCIM `scimType`,
+/// or the HTTP status.
+fn upstream_error(error: &ProviderError) -> Option<String> {
+    match error {
+        ProviderError::OAuth { error, .. } => Some(error.clone()),
+        ProviderError::Scim {
+            scim_type: Some(scim_type),
+            ..
+        } => Some(scim_type.clone()),
+        ProviderError::Scim { status, .. } => Some(format!("http_{status}")),
+        ProviderError::RateLimited { .. } => Some("http_429".to_owned()),
+        ProviderError::Unavailable { status, .. } => status.map(|s| format!("http_{s}")),
+    }
+}

@@ -1,0 +1,76 @@
+//! The in-process cache: bounded, each entry expiring on its own deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache as Moka;
+
+use super::{TokenKey, UserKey};
+use crate::domain::AccessToken;
+
+#[derive(Clone)]
+struct Entry {
+    token: Arc<AccessToken>,
+    ttl: Duration,
+}
+
+/// Tells moka to drop each token entry after its own time to live.
+struct PerEntryTtl;
+
+impl moka::Expiry<TokenKey, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &TokenKey, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// Tokens and remembered user ids, held in this process only.
+#[derive(Clone)]
+pub struct MemoryStore {
+    tokens: Moka<TokenKey, Entry>,
+    users: Moka<UserKey, String>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("tokens", &self.tokens.entry_count())
+            .field("users", &self.users.entry_count())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    pub fn new(max_entries: u64) -> Self {
+        Self {
+            tokens: Moka::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntryTtl)
+                .build(),
+            users: Moka::builder().max_capacity(max_entries).build(),
+        }
+    }
+
+    pub fn get_token(&self, key: &TokenKey) -> Option<AccessToken> {
+        self.tokens.get(key).map(|entry| (*entry.token).clone())
+    }
+
+    pub fn put_token(&self, key: &TokenKey, token: &AccessToken, ttl: Duration) {
+        let entry = Entry {
+            token: Arc::new(token.clone()),
+            ttl,
+        };
+        self.tokens.insert(key.clone(), entry);
+    }
+
+    pub fn remembered_user(&self, key: &UserKey) -> Option<String> {
+        self.users.get(key)
+    }
+
+    pub fn remember_user(&self, key: &UserKey, user_id: &str) {
+        self.users.insert(key.clone(), user_id.to_owned());
+    }
+
+    pub fn forget_user(&self, key: &UserKey) {
+        self.users.invalidate(key);
+    }
+}

@@ -1,0 +1,79 @@
+//! The Redis cache, shared by every replica. Keys are hashed (see
+//! [`super::TokenKey`]); each token entry expires with Redis's own TTL.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{CacheError, TokenKey, UserKey};
+use crate::domain::AccessToken;
+
+/// How long a created user's id is remembered: far longer than any retry.
+const REMEMBERED_USER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A Redis connection that reconnects by itself after an outage.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects once, so a wrong URL or an unreachable Redis stops startup.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let connection = client.get_connection_manager_with_config(config).await?;
+        Ok(Self { connection })
+    }
+
+    pub async fn get_token(&self, key: &TokenKey) -> Result<Option<AccessToken>, CacheError> {
+        let value: Option<Vec<u8>> = self.connection.clone().get(key.as_str()).await?;
+        value
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| CacheError::Corrupt))
+            .transpose()
+    }
+
+    pub async fn put_token(
+        &self,
+        key: &TokenKey,
+        token: &AccessToken,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let value = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: () = self
+            .connection
+            .clone()
+            .pset_ex(key.as_str(), value, ttl_ms)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remembered_user(&self, key: &UserKey) -> Result<Option<String>, CacheError> {
+        Ok(self.connection.clone().get(key.as_str()).await?)
+    }
+
+    pub async fn remember_user(&self, key: &UserKey, user_id: &str) -> Result<(), CacheError> {
+        let _: () = self
+            .connection
+            .clone()
+            .set_ex(key.as_str(), user_id, REMEMBERED_USER_TTL.as_secs())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn forget_user(&self, key: &UserKey) -> Result<(), CacheError> {
+        let _: () = self.connection.clone().del(key.as_str()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! What every upstream HTTP exchange shares: bounded bodies, JSON content
+//! types, and the reading of rate-limit answers.
+
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+use super::ProviderError;
+
+/// Largest upstream body read. Token and SCIM answers are a few kB; anything
+/// far larger is a misbehaving upstream, not data worth buffering.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A fully read upstream answer.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// Reads the whole body, failing once it exceeds [`MAX_BODY_BYTES`].
+    pub async fn read(mut response: reqwest::Response) -> Result<Self, ProviderError> {
+        let status = response.status().as_u16();
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ProviderError::from_transport(&e))?
+        {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(ProviderError::Unavailable {
+                    reason: format!("the answer is larger than {MAX_BODY_BYTES} bytes"),
+                    status: Some(status),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Self {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// Whether the body is declared as JSON (`application/json`, or a
+    /// `+json` type such as `application/scim+json`). A missing header is
+    /// accepted; the body still has to parse.
+    pub fn is_json(&self) -> bool {
+        let Some(value) = self.headers.get(CONTENT_TYPE) else {
+            return true;
+        };
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    }
+
+    /// Parses a JSON body, or explains why it is not one.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ProviderError> {
+        let invalid = |reason: String| ProviderError::Unavailable {
+            reason,
+            status: Some(self.status),
+        };
+        if !self.is_json() {
+            return Err(invalid(format!("HTTP {} answer is not JSON", self.status)));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| {
+            invalid(format!(
+                "HTTP {} answer is not the documented JSON ({})",
+                self.status,
+                json_error_kind(&e)
+            ))
+        })
+    }
+
+    /// The 429 answer as an error, with its `Retry-After` when readable.
+    pub fn rate_limited(&self) -> ProviderError {
+        ProviderError::RateLimited {
+            retry_after: self
+                .headers
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(parse_retry_after),
+        }
+    }
+
+    /// The fallback for an answer no protocol rule explains.
+    pub fn unexpected(&self) -> ProviderError {
+        ProviderError::Unavailable {
+            reason: format!("unexpected HTTP {}", self.status),
+            status: Some(self.status),
+        }
+    }
+}
+
+/// `Retry-After` is either delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = OffsetDateTime::parse(value.trim(), &Rfc2822).ok()?;
+    let delay = date - OffsetDateTime::now_utc();
+    Some(Duration::try_from(delay).unwrap_or(Duration::ZERO))
+}
+
+/// Names what is wrong with a body without quoting it: the body may hold a token.
+fn json_error_kind(error: &serde_json::Error) -> &'static str {
+    match error.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "missing or mistyped fields",
+        serde_json::error::Category::Eof => "truncated JSON",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("30"), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

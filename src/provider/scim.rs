@@ -1,0 +1,206 @@
+//! SCIM 2.0 users (RFC 7643/7644), as Moneyhub's `/scim/users` serves them.
+//! Requests carry the core schema and `userName` so any SCIM server accepts
+//! them; Moneyhub's subtenant travels in its own schema extension.
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use url::Url;
+
+use super::ProviderError;
+use super::http::Answer;
+use crate::domain::{NewUser, Subtenant, User, UserEmail, UserId};
+
+const CORE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const SUBTENANT_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:moneyhub:2.0:Subtenant";
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimName {
+    #[serde(default)]
+    pub given_name: String,
+    #[serde(default)]
+    pub family_name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScimEmail {
+    pub value: String,
+    #[serde(default)]
+    pub primary: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimSubtenant {
+    pub name: String,
+    pub provider_id: String,
+}
+
+/// The body of `POST /scim/users`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimUserRequest {
+    pub schemas: Vec<String>,
+    pub user_name: String,
+    pub external_id: String,
+    pub name: ScimName,
+    pub emails: Vec<ScimEmail>,
+    #[serde(rename = "urn:ietf:params:scim:schemas:extension:moneyhub:2.0:Subtenant")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtenant: Option<ScimSubtenant>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimMeta {
+    pub resource_type: Option<String>,
+    pub created: Option<String>,
+}
+
+/// A SCIM user resource as the server returns it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimUser {
+    pub id: String,
+    #[serde(default)]
+    pub external_id: String,
+    #[serde(default)]
+    pub meta: ScimMeta,
+    #[serde(default)]
+    pub name: ScimName,
+    #[serde(default)]
+    pub emails: Vec<ScimEmail>,
+    #[serde(rename = "urn:ietf:params:scim:schemas:extension:moneyhub:2.0:Subtenant")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtenant: Option<ScimSubtenant>,
+}
+
+/// RFC 7644 §3.12 error response.
+#[derive(Debug, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScimError {
+    pub scim_type: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl ScimUserRequest {
+    pub fn new(user: &NewUser) -> Self {
+        let mut schemas = vec![CORE_USER_SCHEMA.to_owned()];
+        if user.subtenant.is_some() {
+            schemas.push(SUBTENANT_SCHEMA.to_owned());
+        }
+        Self {
+            schemas,
+            user_name: user.external_id.as_str().to_owned(),
+            external_id: user.external_id.as_str().to_owned(),
+            name: ScimName {
+                given_name: user.name.given_name.as_str().to_owned(),
+                family_name: user.name.family_name.as_str().to_owned(),
+            },
+            emails: vec![ScimEmail {
+                value: user.email.value.as_str().to_owned(),
+                primary: user.email.primary,
+            }],
+            subtenant: user.subtenant.as_ref().map(|s| ScimSubtenant {
+                name: s.name.clone(),
+                provider_id: s.provider_id.clone(),
+            }),
+        }
+    }
+}
+
+impl From<ScimUser> for User {
+    fn from(user: ScimUser) -> Self {
+        Self {
+            id: user.id,
+            external_id: user.external_id,
+            given_name: user.name.given_name,
+            family_name: user.name.family_name,
+            emails: user
+                .emails
+                .into_iter()
+                .map(|e| UserEmail {
+                    value: e.value,
+                    primary: e.primary,
+                })
+                .collect(),
+            created: user
+                .meta
+                .created
+                .and_then(|created| OffsetDateTime::parse(&created, &Rfc3339).ok()),
+            subtenant: user.subtenant.map(|s| Subtenant {
+                name: s.name,
+                provider_id: s.provider_id,
+            }),
+        }
+    }
+}
+
+/// A client of one provider's SCIM users endpoint.
+#[derive(Debug)]
+pub struct ScimClient {
+    pub(super) http: reqwest::Client,
+    /// The SCIM base, such as `https://identity.moneyhub.co.uk/scim`.
+    pub(super) base: Url,
+    pub(super) content_type: String,
+}
+
+impl ScimClient {
+    pub async fn create_user(&self, bearer: &str, user: &NewUser) -> Result<User, ProviderError> {
+        let body = serde_json::to_vec(&ScimUserRequest::new(user))
+            .map_err(|_| ProviderError::unavailable("cannot encode the SCIM request"))?;
+        let request = self
+            .http
+            .post(self.users_url(None))
+            .header(CONTENT_TYPE, &self.content_type)
+            .body(body);
+        self.send(request, bearer).await
+    }
+
+    pub async fn get_user(&self, bearer: &str, id: &UserId) -> Result<User, ProviderError> {
+        self.send(self.http.get(self.users_url(Some(id))), bearer)
+            .await
+    }
+
+    fn users_url(&self, id: Option<&UserId>) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().push("users");
+            if let Some(id) = id {
+                segments.push(id.as_str());
+            }
+        }
+        url
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        bearer: &str,
+    ) -> Result<User, ProviderError> {
+        let response = request
+            .header(AUTHORIZATION, format!("Bearer {bearer}"))
+            .header(ACCEPT, "application/scim+json, application/json")
+            .send()
+            .await
+            .map_err(|e| ProviderError::from_transport(&e))?;
+        let answer = Answer::read(response).await?;
+        if answer.is_success() {
+            return answer.json::<ScimUser>().map(User::from);
+        }
+        if answer.status == 429 {
+            return Err(answer.rate_limited());
+        }
+        if answer.status >= 500 {
+            return Err(answer.unexpected());
+        }
+        let error: ScimError = serde_json::from_slice(&answer.body).unwrap_or_default();
+        Err(ProviderError::Scim {
+            status: answer.status,
+            scim_type: error.scim_type,
+            detail: error.detail,
+        })
+    }
+}

@@ -1,0 +1,298 @@
+//! A built-in sandbox provider. NOT FOR PRODUCTION.
+//!
+//! A small HTTP server on loopback that speaks the Moneyhub identity protocol
+//! as documented: OpenID discovery and JWKS, a token endpoint that verifies
+//! `private_key_jwt` client assertions (signature, `aud`, `exp`, single-use
+//! `jti`) and issues signed JWT access tokens, and SCIM users kept in memory.
+//! The demo runs against it, and the tests use it as their upstream: it
+//! counts requests and can be made to fail on demand.
+
+mod oidc;
+mod scim;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use tokio::net::TcpListener;
+use url::Url;
+
+use crate::provider::scim::ScimUser;
+use crate::provider::{KeyError, SigningAlgorithm, SigningKey};
+
+/// A client registered at the sandbox, with the public keys its assertions
+/// are verified against (as a client registers its JWKS at Moneyhub).
+#[derive(Debug, Clone)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    pub jwks: JwkSet,
+}
+
+/// Which expiry field token responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryField {
+    /// `expires_in`, seconds from now (RFC 6749).
+    ExpiresIn,
+    /// `expires_at`, epoch seconds (as Moneyhub's examples show).
+    ExpiresAt,
+}
+
+/// A failure the sandbox serves instead of its normal answer.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// An RFC 6749 error response such as `invalid_client`.
+    OAuth { status: u16, error: &'static str },
+    /// A bare HTTP status with a non-JSON body.
+    Status(u16),
+    /// HTTP 429 with `Retry-After` in seconds.
+    RateLimited { retry_after_secs: u64 },
+    /// Waits this long, then answers normally.
+    Stall(Duration),
+    /// HTTP 200 with truncated JSON.
+    Garbage,
+}
+
+/// The sandbox endpoints faults can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Token,
+    Scim,
+}
+
+/// Options for [`Sandbox::start`].
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub clients: Vec<RegisteredClient>,
+    /// Lifetime of issued access tokens.
+    pub token_lifetime: Duration,
+    pub expiry_field: ExpiryField,
+}
+
+impl SandboxOptions {
+    pub fn new(clients: Vec<RegisteredClient>) -> Self {
+        Self {
+            clients,
+            token_lifetime: Duration::from_secs(3600),
+            expiry_field: ExpiryField::ExpiresIn,
+        }
+    }
+}
+
+/// Scopes the sandbox issues: Moneyhub's SCIM and widget scopes and a few
+/// of its data scopes.
+pub const SUPPORTED_SCOPES: &[&str] = &[
+    "scim_user:read",
+    "scim_user:write",
+    "widget_authentication",
+    "accounts:read",
+    "accounts_details:read",
+    "transactions:read:all",
+    "categories:read",
+];
+
+struct State {
+    issuer: Url,
+    token_url: Url,
+    signing_key: SigningKey,
+    clients: HashMap<String, JwkSet>,
+    options: Mutex<SandboxOptions>,
+    users: Mutex<HashMap<String, ScimUser>>,
+    /// Assertion `jti`s seen, with their expiry, to reject replays.
+    seen_jtis: Mutex<HashMap<String, i64>>,
+    faults: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
+    token_requests: AtomicU64,
+    scim_requests: AtomicU64,
+}
+
+impl State {
+    fn next_fault(&self, endpoint: Endpoint) -> Option<Fault> {
+        self.faults
+            .lock()
+            .expect("fault queue lock")
+            .get_mut(&endpoint)
+            .and_then(VecDeque::pop_front)
+    }
+}
+
+/// A running sandbox; stops when dropped.
+pub struct Sandbox {
+    base_url: Url,
+    state: Arc<State>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Starts the sandbox on `addr` (use port 0 for any free port).
+    pub async fn start(options: SandboxOptions, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let base_url: Url = format!("http://{}/", listener.local_addr()?)
+            .parse()
+            .expect("a socket address makes a valid URL");
+        let issuer = base_url.join("oidc").expect("valid issuer URL");
+        let (signing_key, _) = SigningKey::generate(SigningAlgorithm::ES256)
+            .map_err(|e: KeyError| std::io::Error::other(e.to_string()))?;
+        let state = Arc::new(State {
+            token_url: base_url.join("oidc/token").expect("valid token URL"),
+            issuer,
+            signing_key,
+            clients: options
+                .clients
+                .iter()
+                .map(|c| (c.client_id.clone(), c.jwks.clone()))
+                .collect(),
+            options: Mutex::new(options),
+            users: Mutex::default(),
+            seen_jtis: Mutex::default(),
+            faults: Mutex::default(),
+            token_requests: AtomicU64::new(0),
+            scim_requests: AtomicU64::new(0),
+        });
+        let app = Router::new()
+            .route(
+                "/oidc/.well-known/openid-configuration",
+                get(oidc::discovery),
+            )
+            .route("/oidc/certs", get(oidc::jwks))
+            .route("/oidc/token", post(oidc::token))
+            .route("/scim/users", post(scim::create_user))
+            .route("/scim/users/{id}", get(scim::get_user))
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "sandbox provider stopped");
+            }
+        });
+        tracing::warn!(%base_url, "sandbox provider running: NOT FOR PRODUCTION");
+        Ok(Self {
+            base_url,
+            state,
+            server,
+        })
+    }
+
+    /// The OpenID issuer, `{base}/oidc`, as Moneyhub's is `…/oidc`.
+    pub fn issuer(&self) -> Url {
+        self.state.issuer.clone()
+    }
+
+    /// The sandbox's root URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// The public keys access tokens are signed with.
+    pub fn jwks(&self) -> JwkSet {
+        JwkSet {
+            keys: vec![self.state.signing_key.public_jwk()],
+        }
+    }
+
+    /// Requests received at the token endpoint, failed ones included.
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests received at the SCIM endpoints, failed ones included.
+    pub fn scim_requests(&self) -> u64 {
+        self.state.scim_requests.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next request to `endpoint` fail with `fault`; queued faults
+    /// are served in order, one per request.
+    pub fn fail_next(&self, endpoint: Endpoint, fault: Fault) {
+        self.state
+            .faults
+            .lock()
+            .expect("fault queue lock")
+            .entry(endpoint)
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// Switches which expiry field token responses carry.
+    pub fn set_expiry_field(&self, field: ExpiryField) {
+        self.state
+            .options
+            .lock()
+            .expect("options lock")
+            .expiry_field = field;
+    }
+
+    /// Sets the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state
+            .options
+            .lock()
+            .expect("options lock")
+            .token_lifetime = lifetime;
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Serves a fault, or `None` to go on normally (after any stall).
+async fn serve_fault(state: &State, endpoint: Endpoint) -> Option<Response> {
+    let fault = state.next_fault(endpoint)?;
+    let json = |status: u16, body: serde_json::Value| {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(body)).into_response()
+    };
+    Some(match fault {
+        Fault::OAuth { status, error } => json(
+            status,
+            serde_json::json!({"error": error, "error_description": "injected by the sandbox"}),
+        ),
+        Fault::Status(status) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "injected failure",
+        )
+            .into_response(),
+        Fault::RateLimited { retry_after_secs } => {
+            let mut response = json(
+                429,
+                serde_json::json!({"error": "rate_limited", "error_description": "slow down"}),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response
+        }
+        Fault::Stall(duration) => {
+            tokio::time::sleep(duration).await;
+            return None;
+        }
+        Fault::Garbage => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"access_token": "trunc"#,
+        )
+            .into_response(),
+    })
+}
+
+/// The public JWK of `key`, for registering a client at the sandbox.
+pub fn client_jwks(key: &SigningKey) -> JwkSet {
+    JwkSet {
+        keys: vec![key.public_jwk()],
+    }
+}
+
+/// Finds the key a JWT header names in a JWKS.
+fn find_key<'a>(jwks: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
+    match kid {
+        Some(kid) => jwks.find(kid),
+        None if jwks.keys.len() == 1 => jwks.keys.first(),
+        None => None,
+    }
+}

@@ -1,0 +1,170 @@
+//! The sandbox's SCIM 2.0 users, validated as Moneyhub validates them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State as AxumState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::oidc::{random_id, verify_access_token};
+use super::{Endpoint, State, serve_fault};
+use crate::provider::scim::{ScimMeta, ScimName, ScimUser, ScimUserRequest};
+
+const SCIM_ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+
+fn scim_json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/scim+json")],
+        serde_json::to_vec(body).expect("SCIM bodies serialise"),
+    )
+        .into_response()
+}
+
+fn scim_error(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Response {
+    let mut body = serde_json::json!({
+        "schemas": [SCIM_ERROR_SCHEMA],
+        "status": status.as_u16().to_string(),
+        "detail": detail,
+    });
+    if let Some(scim_type) = scim_type {
+        body["scimType"] = scim_type.into();
+    }
+    scim_json(status, &body)
+}
+
+/// Checks the bearer token and its scope; the error response otherwise.
+fn authorize(state: &State, headers: &HeaderMap, scope: &str) -> Result<(), Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| scim_error(StatusCode::UNAUTHORIZED, None, "a bearer token is required"))?;
+    let claims = verify_access_token(state, token).ok_or_else(|| {
+        scim_error(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "the bearer token is invalid",
+        )
+    })?;
+    if claims.scope.split(' ').any(|granted| granted == scope) {
+        Ok(())
+    } else {
+        Err(scim_error(
+            StatusCode::FORBIDDEN,
+            None,
+            &format!("the token lacks scope {scope}"),
+        ))
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(';').next().unwrap_or("").trim())
+        .is_some_and(|essence| essence == "application/json" || essence == "application/scim+json")
+}
+
+pub async fn create_user(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.scim_requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
+        return response;
+    }
+    if let Err(response) = authorize(&state, &headers, "scim_user:write") {
+        return response;
+    }
+    if !is_json(&headers) {
+        return scim_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            "send application/scim+json or application/json",
+        );
+    }
+    let Ok(request) = serde_json::from_slice::<ScimUserRequest>(&body) else {
+        return scim_error(
+            StatusCode::BAD_REQUEST,
+            Some("invalidSyntax"),
+            "the body is not a SCIM user",
+        );
+    };
+    if let Err(detail) = validate(&request) {
+        return scim_error(StatusCode::BAD_REQUEST, Some("invalidValue"), detail);
+    }
+    let mut users = state.users.lock().expect("users lock");
+    if users.values().any(|u| u.external_id == request.external_id) {
+        return scim_error(
+            StatusCode::CONFLICT,
+            Some("uniqueness"),
+            "externalId is already in use",
+        );
+    }
+    let created = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("zero nanoseconds is valid")
+        .format(&Rfc3339)
+        .expect("now formats as RFC 3339");
+    let user = ScimUser {
+        id: random_id(),
+        external_id: request.external_id,
+        meta: ScimMeta {
+            resource_type: Some("User".into()),
+            created: Some(created),
+        },
+        name: ScimName {
+            given_name: request.name.given_name,
+            family_name: request.name.family_name,
+        },
+        emails: request.emails,
+        subtenant: request.subtenant,
+    };
+    let response = scim_json(StatusCode::CREATED, &user);
+    users.insert(user.id.clone(), user);
+    response
+}
+
+/// Moneyhub's documented bounds: externalId of 1–128 characters, exactly one
+/// email of at most 254 characters.
+fn validate(request: &ScimUserRequest) -> Result<(), &'static str> {
+    if !request
+        .schemas
+        .iter()
+        .any(|s| s == "urn:ietf:params:scim:schemas:core:2.0:User")
+    {
+        return Err("schemas must include the core User schema");
+    }
+    let len = request.external_id.chars().count();
+    if len == 0 || len > 128 {
+        return Err("externalId must be 1 to 128 characters");
+    }
+    match request.emails.as_slice() {
+        [email] if !email.value.is_empty() && email.value.len() <= 254 => Ok(()),
+        _ => Err("exactly one email of at most 254 characters is required"),
+    }
+}
+
+pub async fn get_user(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    state.scim_requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
+        return response;
+    }
+    if let Err(response) = authorize(&state, &headers, "scim_user:read") {
+        return response;
+    }
+    match state.users.lock().expect("users lock").get(&id) {
+        Some(user) => scim_json(StatusCode::OK, user),
+        None => scim_error(StatusCode::NOT_FOUND, None, "no such user"),
+    }
+}

@@ -1,0 +1,147 @@
+//! Startup and shutdown: builds the service from configuration, serves it
+//! with health and reflection, and drains in-flight RPCs on a signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::api::{AuthApi, AuthServiceServer};
+use crate::cache::{Cache, CacheError};
+use crate::config::{Config, ConfigError, ServerConfig};
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::provider::Providers;
+use crate::service::AuthService;
+
+/// Bound on a decoded request. The largest valid request is a few kB; this
+/// leaves room while keeping hostile payloads cheap to refuse.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use Redis at cache.redis_url: {0}")]
+    Redis(#[source] CacheError),
+    #[error("cannot listen on {addr} (server.listen_addr): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A configured bankauth, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    service: Arc<AuthService>,
+    server: ServerConfig,
+}
+
+impl Application {
+    /// Validates the configuration, loads keys, connects to Redis (when
+    /// configured) and binds the listen address. Every failure names its cause.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        config.validate()?;
+        let providers = Providers::from_config(&config)?;
+        let cache = Cache::connect(
+            config.cache.redis_url.as_ref(),
+            Duration::from_millis(config.cache.redis_timeout_ms),
+            config.cache.max_entries,
+        )
+        .await
+        .map_err(StartupError::Redis)?;
+        let service = Arc::new(AuthService::new(providers, cache, config.safety_margin()));
+        let addr = config.server.listen_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            service,
+            server: config.server,
+        })
+    }
+
+    /// The bound address (useful when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, stops
+    /// accepting, and lets in-flight RPCs finish within the grace period.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartupError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<AuthServiceServer<AuthApi>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // So grpcurl can decode the google.rpc error details we send.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let auth = AuthServiceServer::new(AuthApi::new(self.service))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .timeout(Duration::from_millis(self.server.request_timeout_ms))
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(auth)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                stopped.await.ok();
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return Ok(result?),
+            () = shutdown => {}
+        }
+        tracing::info!("shutting down: no new RPCs, draining in-flight ones");
+        health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let _ = stop_accepting.send(());
+        let grace = Duration::from_millis(self.server.shutdown_grace_ms);
+        match tokio::time::timeout(grace, server).await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                tracing::warn!(?grace, "grace period elapsed with RPCs still in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await.ok();
+}

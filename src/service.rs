@@ -1,0 +1,211 @@
+//! The business logic: users and tokens, through the cache, from providers.
+//! Knows nothing of gRPC; the `api` module adapts it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::cache::{Cache, TokenKey, UserKey};
+use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
+use crate::provider::{
+    Provider, ProviderError, Providers, SCIM_READ_SCOPE, SCIM_WRITE_SCOPE, WIDGET_SCOPE,
+};
+
+/// Why a request failed. Mapped to a gRPC status in `api::status`, only there.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidArgument(#[from] ValidationError),
+    #[error("provider {provider}: {source}")]
+    Provider {
+        provider: String,
+        #[source]
+        source: ProviderError,
+    },
+    #[error(
+        "provider {provider}: a user with this external_id was already created with other details (id {user_id})"
+    )]
+    UserConflict { provider: String, user_id: String },
+}
+
+/// Whether a token came from the cache; logged with every token RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// Users and tokens for every configured provider.
+#[derive(Debug)]
+pub struct AuthService {
+    providers: Providers,
+    cache: Cache,
+    safety_margin: Duration,
+}
+
+impl AuthService {
+    pub fn new(providers: Providers, cache: Cache, safety_margin: Duration) -> Self {
+        Self {
+            providers,
+            cache,
+            safety_margin,
+        }
+    }
+
+    /// Resolves the request's `provider` field.
+    pub fn provider(&self, name: &str) -> Result<Arc<Provider>, Error> {
+        self.providers
+            .resolve(name)
+            .cloned()
+            .map_err(|reason| ValidationError::new("provider", reason).into())
+    }
+
+    /// A token with scope `widget_authentication` for `user`.
+    pub async fn issue_widget_token(
+        &self,
+        provider: &Provider,
+        user: &UserId,
+    ) -> Result<(AccessToken, CacheOutcome), Error> {
+        self.issue_token(provider, Some(user), &ScopeSet::single(WIDGET_SCOPE))
+            .await
+    }
+
+    /// A token with data scopes for `user`; each scope must be allow-listed.
+    pub async fn issue_data_token(
+        &self,
+        provider: &Provider,
+        user: &UserId,
+        scopes: &ScopeSet,
+    ) -> Result<(AccessToken, CacheOutcome), Error> {
+        if let Some(scope) = provider.disallowed_data_scope(scopes) {
+            return Err(ValidationError::new(
+                "scopes",
+                format!(
+                    "{:?} is not allowed for provider {}",
+                    scope.as_str(),
+                    provider.name()
+                ),
+            )
+            .into());
+        }
+        self.issue_token(provider, Some(user), scopes).await
+    }
+
+    /// Creates a user. A retry for an external_id this service already
+    /// created returns that user, so a lost response costs nothing.
+    pub async fn create_user(
+        &self,
+        provider: &Provider,
+        new_user: &NewUser,
+    ) -> Result<User, Error> {
+        let key = UserKey::new(
+            provider.name(),
+            provider.client_id(),
+            new_user.external_id.as_str(),
+        );
+        if let Some(existing) = self.existing_user(provider, &key).await? {
+            return if existing.matches(new_user) {
+                Ok(existing)
+            } else {
+                Err(Error::UserConflict {
+                    provider: provider.name().to_owned(),
+                    user_id: existing.id,
+                })
+            };
+        }
+        let (token, _) = self
+            .issue_token(provider, None, &ScopeSet::single(SCIM_WRITE_SCOPE))
+            .await?;
+        let user = provider
+            .create_user(&token.access_token, new_user)
+            .await
+            .map_err(|source| provider_error(provider, source))?;
+        self.cache.remember_user(&key, &user.id).await;
+        Ok(user)
+    }
+
+    /// The user this service created under `key`, if it still exists.
+    async fn existing_user(
+        &self,
+        provider: &Provider,
+        key: &UserKey,
+    ) -> Result<Option<User>, Error> {
+        let Some(id) = self.cache.remembered_user(key).await else {
+            return Ok(None);
+        };
+        let Ok(id) = UserId::parse("user_id", &id) else {
+            self.cache.forget_user(key).await;
+            return Ok(None);
+        };
+        match self.get_user(provider, &id).await {
+            Ok(user) => Ok(Some(user)),
+            Err(Error::Provider {
+                source: ProviderError::Scim { status: 404, .. },
+                ..
+            }) => {
+                self.cache.forget_user(key).await;
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn get_user(&self, provider: &Provider, id: &UserId) -> Result<User, Error> {
+        let (token, _) = self
+            .issue_token(provider, None, &ScopeSet::single(SCIM_READ_SCOPE))
+            .await?;
+        provider
+            .get_user(&token.access_token, id)
+            .await
+            .map_err(|source| provider_error(provider, source))
+    }
+
+    /// Serves a token from the cache, or fetches and caches it until
+    /// `safety_margin` before it expires.
+    async fn issue_token(
+        &self,
+        provider: &Provider,
+        sub: Option<&UserId>,
+        scopes: &ScopeSet,
+    ) -> Result<(AccessToken, CacheOutcome), Error> {
+        let key = TokenKey::new(provider.name(), provider.client_id(), sub, scopes);
+        let margin_ms = self.safety_margin.as_millis() as i64;
+        if let Some(token) = self.cache.get_token(&key).await {
+            if token.expires_at * 1000 - margin_ms > now_millis() {
+                return Ok((token, CacheOutcome::Hit));
+            }
+        }
+        let token = provider
+            .request_token(sub, scopes)
+            .await
+            .map_err(|source| provider_error(provider, source))?;
+        let ttl_ms = token.expires_at * 1000 - margin_ms - now_millis();
+        if ttl_ms > 0 {
+            self.cache
+                .put_token(&key, &token, Duration::from_millis(ttl_ms as u64))
+                .await;
+        }
+        Ok((token, CacheOutcome::Miss))
+    }
+}
+
+fn provider_error(provider: &Provider, source: ProviderError) -> Error {
+    Error::Provider {
+        provider: provider.name().to_owned(),
+        source,
+    }
+}
+
+fn now_millis() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
