@@ -204,6 +204,11 @@ impl Sandbox {
         self.state.scim_requests.load(Ordering::SeqCst)
     }
 
+    /// Users the sandbox holds.
+    pub fn user_count(&self) -> usize {
+        self.state.users.lock().expect("users lock").len()
+    }
+
     /// Makes the next request to `endpoint` fail with `fault`; queued faults
     /// are served in order, one per request.
     pub fn fail_next(&self, endpoint: Endpoint, fault: Fault) {

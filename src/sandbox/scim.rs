@@ -37,24 +37,31 @@ fn scim_error(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Resp
     scim_json(status, &body)
 }
 
-/// Checks the bearer token and its scope; the error response otherwise.
-fn authorize(state: &State, headers: &HeaderMap, scope: &str) -> Result<(), Response> {
+/// Checks the bearer token and its scope: `None` when authorised, else
+/// the refusal to send.
+fn refusal(state: &State, headers: &HeaderMap, scope: &str) -> Option<Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(|| scim_error(StatusCode::UNAUTHORIZED, None, "a bearer token is required"))?;
-    let claims = verify_access_token(state, token).ok_or_else(|| {
-        scim_error(
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return Some(scim_error(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "a bearer token is required",
+        ));
+    };
+    let Some(claims) = verify_access_token(state, token) else {
+        return Some(scim_error(
             StatusCode::UNAUTHORIZED,
             None,
             "the bearer token is invalid",
-        )
-    })?;
+        ));
+    };
     if claims.scope.split(' ').any(|granted| granted == scope) {
-        Ok(())
+        None
     } else {
-        Err(scim_error(
+        Some(scim_error(
             StatusCode::FORBIDDEN,
             None,
             &format!("the token lacks scope {scope}"),
@@ -79,7 +86,7 @@ pub async fn create_user(
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }
-    if let Err(response) = authorize(&state, &headers, "scim_user:write") {
+    if let Some(response) = refusal(&state, &headers, "scim_user:write") {
         return response;
     }
     if !is_json(&headers) {
@@ -160,7 +167,7 @@ pub async fn get_user(
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }
-    if let Err(response) = authorize(&state, &headers, "scim_user:read") {
+    if let Some(response) = refusal(&state, &headers, "scim_user:read") {
         return response;
     }
     match state.users.lock().expect("users lock").get(&id) {

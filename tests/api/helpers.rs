@@ -1,0 +1,220 @@
+//! The shared harness: a real bankauth on a free loopback port, driven over
+//! a real gRPC socket, against the sandbox provider over real HTTP, with a
+//! real `redis-server` when a test asks for one.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bankauth::config::Config;
+use bankauth::demo::DemoUpstream;
+use bankauth::proto::v1::auth_service_client::AuthServiceClient;
+use bankauth::proto::v1::{self as pb};
+use bankauth::sandbox::{RegisteredClient, SandboxOptions};
+use bankauth::server::Application;
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A bankauth serving on loopback; stops when dropped.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: AuthServiceClient<Channel>,
+    pub upstream: Arc<DemoUpstream>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a sandbox provider with the demo client registered.
+pub async fn start_upstream() -> Arc<DemoUpstream> {
+    start_upstream_with(|client| SandboxOptions::new(vec![client])).await
+}
+
+pub async fn start_upstream_with(
+    options: impl FnOnce(RegisteredClient) -> SandboxOptions,
+) -> Arc<DemoUpstream> {
+    init_logs();
+    Arc::new(DemoUpstream::start(options).await.expect("sandbox starts"))
+}
+
+/// bankauth with the in-process cache against a fresh sandbox.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(start_upstream().await, |_| {}).await
+}
+
+/// bankauth against `upstream`, its configuration adjusted by `configure`.
+pub async fn spawn_app_with(
+    upstream: Arc<DemoUpstream>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
+    let mut config = upstream.config(SocketAddr::from(([127, 0, 0, 1], 0)));
+    configure(&mut config);
+    let app = Application::build(config).await.expect("bankauth starts");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        stopped.await.ok();
+    }));
+    let client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("bankauth accepts connections");
+    TestApp {
+        addr,
+        client,
+        upstream,
+        stop: Some(stop),
+    }
+}
+
+impl TestApp {
+    pub fn sandbox(&self) -> &bankauth::sandbox::Sandbox {
+        &self.upstream.sandbox
+    }
+
+    /// Creates a user with the given external id and returns its provider id.
+    pub async fn create_user(&mut self, external_id: &str) -> String {
+        self.client
+            .create_user(new_user(external_id))
+            .await
+            .expect("CreateUser succeeds")
+            .into_inner()
+            .user
+            .expect("a user")
+            .id
+    }
+
+    pub async fn widget_token(&mut self, user_id: &str) -> Result<pb::AccessToken, tonic::Status> {
+        self.client
+            .issue_widget_token(pb::IssueWidgetTokenRequest {
+                provider: String::new(),
+                user_id: user_id.to_owned(),
+            })
+            .await
+            .map(|response| response.into_inner().token.expect("a token"))
+    }
+
+    pub async fn data_token(
+        &mut self,
+        user_id: &str,
+        scopes: &[&str],
+    ) -> Result<pb::AccessToken, tonic::Status> {
+        self.client
+            .issue_data_token(pb::IssueDataTokenRequest {
+                provider: String::new(),
+                user_id: user_id.to_owned(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            })
+            .await
+            .map(|response| response.into_inner().token.expect("a token"))
+    }
+}
+
+pub fn new_user(external_id: &str) -> pb::CreateUserRequest {
+    pb::CreateUserRequest {
+        provider: String::new(),
+        external_id: external_id.to_owned(),
+        name: Some(pb::PersonName {
+            given_name: "Alex".into(),
+            family_name: "Taylor".into(),
+        }),
+        emails: vec![pb::Email {
+            value: format!("{external_id}@example.com"),
+            primary: true,
+        }],
+        subtenant: None,
+    }
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("bankauth=debug")
+        .with_test_writer()
+        .try_init();
+}
+
+/// A `redis-server` on a free loopback port, with persistence off; killed
+/// when dropped.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}). Install it with `apt-get install redis-server` \
+                     (.ci/run does this)"
+                )
+            });
+        let server = Self { child, port };
+        server.wait_until_ready();
+        server
+    }
+
+    pub fn url(&self) -> SecretString {
+        SecretString::from(format!("redis://127.0.0.1:{}/", self.port))
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).expect("a valid URL")
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ping = self
+                .client()
+                .get_connection()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on (the OS picked it and it was released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The `google.rpc.ErrorInfo` of a status.
+pub fn error_info(status: &tonic::Status) -> tonic_types::ErrorInfo {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
+}

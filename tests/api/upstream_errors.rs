@@ -1,0 +1,219 @@
+//! Each upstream failure class maps to its gRPC code, with the provider's
+//! own code in ErrorInfo; failures are never cached.
+
+use std::time::Duration;
+
+use bankauth::provider::{SigningAlgorithm, SigningKey};
+use bankauth::sandbox::{Endpoint, Fault, RegisteredClient, SandboxOptions, client_jwks};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::{
+    error_info, free_port, spawn_app, spawn_app_with, start_upstream, start_upstream_with,
+};
+
+#[tokio::test]
+async fn token_endpoint_failures_map_to_codes() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    let cases = [
+        (
+            Fault::OAuth {
+                status: 400,
+                error: "invalid_scope",
+            },
+            Code::InvalidArgument,
+            "invalid_scope",
+        ),
+        (
+            Fault::OAuth {
+                status: 400,
+                error: "invalid_request",
+            },
+            Code::InvalidArgument,
+            "invalid_request",
+        ),
+        (
+            Fault::OAuth {
+                status: 401,
+                error: "invalid_client",
+            },
+            Code::FailedPrecondition,
+            "invalid_client",
+        ),
+        (
+            Fault::OAuth {
+                status: 400,
+                error: "unauthorized_client",
+            },
+            Code::FailedPrecondition,
+            "unauthorized_client",
+        ),
+        (
+            Fault::RateLimited {
+                retry_after_secs: 7,
+            },
+            Code::ResourceExhausted,
+            "http_429",
+        ),
+        (Fault::Status(503), Code::Unavailable, "http_503"),
+        (Fault::Status(500), Code::Unavailable, "http_500"),
+        (Fault::Garbage, Code::Unavailable, "http_200"),
+    ];
+    for (fault, code, upstream_error) in cases {
+        app.sandbox().fail_next(Endpoint::Token, fault.clone());
+        let status = app.widget_token(&user).await.unwrap_err();
+        assert_eq!(status.code(), code, "{fault:?}: {status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.domain, "bankauth.dev");
+        assert_eq!(info.metadata["provider"], "sandbox");
+        assert_eq!(info.metadata["upstream_error"], upstream_error, "{fault:?}");
+    }
+}
+
+#[tokio::test]
+async fn rejected_credentials_say_so() {
+    let mut app = spawn_app().await;
+    app.sandbox().fail_next(
+        Endpoint::Token,
+        Fault::OAuth {
+            status: 401,
+            error: "invalid_client",
+        },
+    );
+    let status = app.widget_token("u1").await.unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("rejected this service's credentials"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_key_the_provider_does_not_know_is_rejected_by_real_verification() {
+    let upstream = start_upstream_with(|client| {
+        let (other_key, _) = SigningKey::generate(SigningAlgorithm::RS256).unwrap();
+        SandboxOptions::new(vec![RegisteredClient {
+            jwks: client_jwks(&other_key),
+            ..client
+        }])
+    })
+    .await;
+    let mut app = spawn_app_with(upstream, |_| {}).await;
+    let status = app
+        .client
+        .create_user(crate::helpers::new_user("c"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_client"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_carries_the_retry_delay() {
+    let mut app = spawn_app().await;
+    app.sandbox().fail_next(
+        Endpoint::Token,
+        Fault::RateLimited {
+            retry_after_secs: 7,
+        },
+    );
+    let status = app.widget_token("u1").await.unwrap_err();
+    let retry = status.get_error_details().retry_info().cloned().unwrap();
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn a_provider_slower_than_the_timeout_is_unavailable() {
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        let bankauth::config::ProviderConfig::Moneyhub(p) = c.providers.get_mut("sandbox").unwrap();
+        p.request_timeout_ms = 300;
+    })
+    .await;
+    app.sandbox()
+        .fail_next(Endpoint::Token, Fault::Stall(Duration::from_secs(3)));
+    let status = app.widget_token("u1").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("timed out"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        let bankauth::config::ProviderConfig::Moneyhub(p) = c.providers.get_mut("sandbox").unwrap();
+        p.token_url = Some(
+            format!("http://127.0.0.1:{}/oidc/token", free_port())
+                .parse()
+                .unwrap(),
+        );
+    })
+    .await;
+    let status = app.widget_token("u1").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("could not connect"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn scim_failures_map_to_codes() {
+    let mut app = spawn_app().await;
+    let cases = [
+        (Fault::Status(502), Code::Unavailable),
+        (
+            Fault::RateLimited {
+                retry_after_secs: 1,
+            },
+            Code::ResourceExhausted,
+        ),
+        (Fault::Garbage, Code::Unavailable),
+    ];
+    for (fault, code) in cases {
+        app.sandbox().fail_next(Endpoint::Scim, fault.clone());
+        let status = app
+            .client
+            .create_user(crate::helpers::new_user("c"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{fault:?}: {status:?}");
+    }
+    assert_eq!(app.sandbox().user_count(), 0);
+}
+
+#[tokio::test]
+async fn failures_are_not_cached() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    app.sandbox().fail_next(Endpoint::Token, Fault::Status(503));
+    app.widget_token(&user).await.unwrap_err();
+    let before = app.sandbox().token_requests();
+    app.widget_token(&user).await.unwrap();
+    assert_eq!(app.sandbox().token_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn an_unknown_user_is_refused_by_the_provider() {
+    let mut app = spawn_app().await;
+    let status = app
+        .widget_token("000000000000000000000000")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_request"
+    );
+}
