@@ -97,11 +97,38 @@ impl Default for CacheConfig {
     }
 }
 
-/// One upstream provider, by kind.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ProviderConfig {
-    Moneyhub(MoneyhubConfig),
+/// The protocol family of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Moneyhub: `private_key_jwt`, SCIM users, user-scoped tokens, code exchange.
+    Moneyhub,
+    /// MoneyKit: client id and secret, application tokens only.
+    Moneykit,
+    /// Any OAuth 2.0 token endpoint, every knob explicit.
+    Oauth2,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Moneyhub => "moneyhub",
+            Self::Moneykit => "moneykit",
+            Self::Oauth2 => "oauth2",
+        }
+    }
+}
+
+/// How bankauth authenticates to a token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// A JWT signed with our private key (RFC 7523).
+    PrivateKeyJwt,
+    /// Client id and secret as HTTP Basic credentials.
+    ClientSecretBasic,
+    /// Client id and secret as form fields.
+    ClientSecretPost,
 }
 
 /// Who the client assertion's `aud` names; providers differ.
@@ -113,18 +140,44 @@ pub enum AssertionAudience {
     Issuer,
 }
 
-/// A Moneyhub-style identity provider: `private_key_jwt` client
-/// authentication, SCIM users and user-scoped client-credentials tokens.
+/// Which field of a token response carries the expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryField {
+    /// `expires_in` or `expires_at`, whichever is present (the earlier if both).
+    #[default]
+    Auto,
+    /// Seconds from the request (RFC 6749).
+    ExpiresIn,
+    /// Epoch seconds (as Moneyhub's examples show).
+    ExpiresAt,
+}
+
+/// MoneyKit's production API.
+pub const MONEYKIT_API: &str = "https://api.moneykit.com/";
+
+/// One upstream provider. Which keys apply depends on `kind`; each kind's
+/// defaults follow its provider's documentation (see `validate`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MoneyhubConfig {
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
     /// The OpenID issuer, such as `https://identity.moneyhub.co.uk/oidc`.
-    pub issuer: Url,
-    /// Token endpoint; defaults to `{issuer}/token`.
+    /// Without `token_url`, its discovery document supplies the token
+    /// endpoint and JWKS at startup.
+    pub issuer: Option<Url>,
+    /// MoneyKit's API base; defaults to `https://api.moneykit.com/`.
+    pub base_url: Option<Url>,
+    /// The token endpoint, when not discovered.
     pub token_url: Option<Url>,
-    /// SCIM base URL; defaults to the issuer's origin + `/scim`.
+    /// The JWKS that signs ID tokens, when not discovered.
+    pub jwks_url: Option<Url>,
+    /// SCIM base URL; Moneyhub's defaults to the issuer's origin + `/scim`.
     pub scim_url: Option<Url>,
     pub client_id: String,
+    /// Defaults: moneyhub `private_key_jwt`, moneykit `client_secret_basic`;
+    /// required for oauth2.
+    pub client_auth: Option<ClientAuthMethod>,
     /// Path of the PEM private key registered for `private_key_jwt`.
     pub private_key_file: Option<PathBuf>,
     /// Name of an environment variable holding the PEM private key.
@@ -138,8 +191,24 @@ pub struct MoneyhubConfig {
     pub signing_algorithm: SigningAlgorithm,
     #[serde(default)]
     pub assertion_audience: AssertionAudience,
-    /// Scopes IssueDataToken may request.
+    /// Path of a file holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// Name of an environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// The secret in memory, for the demo and tests; never read from a file.
+    #[serde(skip)]
+    pub client_secret: Option<SecretString>,
+    /// Whether user tokens send `sub`. Moneyhub: yes; MoneyKit: no; required for oauth2.
+    pub send_sub: Option<bool>,
+    /// Which expiry field responses carry. Required for oauth2.
+    pub expiry_field: Option<ExpiryField>,
+    /// Scopes IssueDataToken may request for a user.
+    #[serde(default)]
     pub data_scopes: Vec<String>,
+    /// Scopes IssueDataToken may request with an empty `user_id`: an
+    /// application token with no `sub`.
+    #[serde(default)]
+    pub application_scopes: Vec<String>,
     /// Lifetime assumed when the token response carries no expiry at all.
     #[serde(default = "default_token_lifetime_secs")]
     pub default_token_lifetime_secs: u64,
@@ -164,54 +233,135 @@ fn default_scim_content_type() -> String {
     "application/json".into()
 }
 
-impl MoneyhubConfig {
-    pub fn token_url(&self) -> Url {
-        self.token_url
-            .clone()
-            .unwrap_or_else(|| join_path(&self.issuer, "token"))
+impl ProviderConfig {
+    /// A provider of `kind` with every optional key unset.
+    pub fn new(kind: ProviderKind, client_id: impl Into<String>) -> Self {
+        Self {
+            kind,
+            issuer: None,
+            base_url: None,
+            token_url: None,
+            jwks_url: None,
+            scim_url: None,
+            client_id: client_id.into(),
+            client_auth: None,
+            private_key_file: None,
+            private_key_env: None,
+            private_key_pem: None,
+            key_id: None,
+            signing_algorithm: SigningAlgorithm::default(),
+            assertion_audience: AssertionAudience::default(),
+            client_secret_file: None,
+            client_secret_env: None,
+            client_secret: None,
+            send_sub: None,
+            expiry_field: None,
+            data_scopes: Vec::new(),
+            application_scopes: Vec::new(),
+            default_token_lifetime_secs: default_token_lifetime_secs(),
+            request_timeout_ms: default_upstream_timeout_ms(),
+            scim_content_type: default_scim_content_type(),
+        }
     }
 
-    pub fn scim_url(&self) -> Url {
-        self.scim_url.clone().unwrap_or_else(|| {
-            let mut origin = self.issuer.clone();
-            origin.set_path("/scim");
-            origin.set_query(None);
-            origin
+    pub fn client_auth(&self) -> ClientAuthMethod {
+        self.client_auth.unwrap_or(match self.kind {
+            ProviderKind::Moneykit => ClientAuthMethod::ClientSecretBasic,
+            _ => ClientAuthMethod::PrivateKeyJwt,
         })
+    }
+
+    /// The token endpoint when it is known without discovery.
+    pub fn static_token_url(&self) -> Option<Url> {
+        match (&self.token_url, self.kind) {
+            (Some(url), _) => Some(url.clone()),
+            (None, ProviderKind::Moneykit) => {
+                let base = self
+                    .base_url
+                    .clone()
+                    .unwrap_or_else(|| MONEYKIT_API.parse().expect("the MoneyKit URL is valid"));
+                Some(join_path(&base, "auth/token"))
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// SCIM base URL: configured, or Moneyhub's default next to its issuer.
+    pub fn scim_url(&self) -> Option<Url> {
+        match (&self.scim_url, self.kind, &self.issuer) {
+            (Some(url), _, _) => Some(url.clone()),
+            (None, ProviderKind::Moneyhub, Some(issuer)) => {
+                let mut origin = issuer.clone();
+                origin.set_path("/scim");
+                origin.set_query(None);
+                Some(origin)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn send_sub(&self) -> bool {
+        self.send_sub.unwrap_or(self.kind == ProviderKind::Moneyhub)
     }
 
     /// Reads the private key from wherever the configuration says it is.
     pub fn private_key(&self, key: &str) -> Result<SecretString, ConfigError> {
-        match (
+        resolve_secret(
+            key,
+            "private_key",
             &self.private_key_pem,
             &self.private_key_file,
             &self.private_key_env,
-        ) {
-            (Some(pem), None, None) => Ok(pem.clone()),
-            (None, Some(path), None) => std::fs::read_to_string(path)
-                .map(SecretString::from)
-                .map_err(|e| {
-                    ConfigError::invalid(
-                        format!("{key}.private_key_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                }),
-            (None, None, Some(var)) => std::env::var(var).map(SecretString::from).map_err(|_| {
+        )
+    }
+
+    /// Reads the client secret from wherever the configuration says it is.
+    pub fn client_secret(&self, key: &str) -> Result<SecretString, ConfigError> {
+        resolve_secret(
+            key,
+            "client_secret",
+            &self.client_secret,
+            &self.client_secret_file,
+            &self.client_secret_env,
+        )
+        .map(|secret| SecretString::from(secret.expose_secret().trim().to_owned()))
+    }
+}
+
+/// A secret from exactly one of: memory (demo, tests), a file, an
+/// environment variable. Errors name `{key}.{name}_file` or `_env`.
+fn resolve_secret(
+    key: &str,
+    name: &str,
+    in_memory: &Option<SecretString>,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> Result<SecretString, ConfigError> {
+    match (in_memory, file, env) {
+        (Some(secret), None, None) => Ok(secret.clone()),
+        (None, Some(path), None) => std::fs::read_to_string(path)
+            .map(SecretString::from)
+            .map_err(|e| {
                 ConfigError::invalid(
-                    format!("{key}.private_key_env"),
-                    format!("environment variable {var} is not set"),
+                    format!("{key}.{name}_file"),
+                    format!("cannot read {}: {e}", path.display()),
                 )
             }),
-            _ => Err(ConfigError::invalid(
-                key,
-                "set exactly one of private_key_file and private_key_env",
-            )),
-        }
+        (None, None, Some(var)) => std::env::var(var).map(SecretString::from).map_err(|_| {
+            ConfigError::invalid(
+                format!("{key}.{name}_env"),
+                format!("environment variable {var} is not set"),
+            )
+        }),
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("set exactly one of {name}_file and {name}_env"),
+        )),
     }
 }
 
 /// Appends a path segment to a URL whose path may or may not end in `/`.
-fn join_path(base: &Url, segment: &str) -> Url {
+pub(crate) fn join_path(base: &Url, segment: &str) -> Url {
     let mut url = base.clone();
     let path = format!("{}/{segment}", base.path().trim_end_matches('/'));
     url.set_path(&path);
@@ -291,9 +441,7 @@ impl Config {
                     "provider names are 1 to 64 letters, digits, '-' or '_'",
                 ));
             }
-            match provider {
-                ProviderConfig::Moneyhub(moneyhub) => moneyhub.validate(&key)?,
-            }
+            provider.validate(&key)?;
         }
         Ok(())
     }
@@ -303,60 +451,153 @@ impl Config {
     }
 }
 
-impl MoneyhubConfig {
+impl ProviderConfig {
+    /// Checks the keys `kind` requires and refuses those it cannot use, so a
+    /// misconfiguration is found at startup rather than on the first call.
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        let http_url = |field: &str, url: &Url| {
-            if matches!(url.scheme(), "http" | "https") && url.host().is_some() {
-                Ok(())
-            } else {
-                Err(ConfigError::invalid(
-                    format!("{key}.{field}"),
-                    "must be an http(s) URL",
-                ))
+        let invalid =
+            |field: &str, reason: &str| ConfigError::invalid(format!("{key}.{field}"), reason);
+        let http_url = |field: &str, url: &Option<Url>| match url {
+            Some(url) if !(matches!(url.scheme(), "http" | "https") && url.host().is_some()) => {
+                Err(invalid(field, "must be an http(s) URL"))
             }
+            _ => Ok(()),
         };
         http_url("issuer", &self.issuer)?;
-        if let Some(url) = &self.token_url {
-            http_url("token_url", url)?;
-        }
-        if let Some(url) = &self.scim_url {
-            http_url("scim_url", url)?;
-        }
+        http_url("base_url", &self.base_url)?;
+        http_url("token_url", &self.token_url)?;
+        http_url("jwks_url", &self.jwks_url)?;
+        http_url("scim_url", &self.scim_url)?;
         if self.client_id.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{key}.client_id"),
-                "must not be empty",
-            ));
-        }
-        if self.data_scopes.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{key}.data_scopes"),
-                "list the scopes IssueDataToken may request",
-            ));
-        }
-        for scope in &self.data_scopes {
-            crate::domain::Scope::parse("", scope).map_err(|_| {
-                ConfigError::invalid(
-                    format!("{key}.data_scopes"),
-                    format!("{scope:?} is not a valid OAuth 2.0 scope"),
-                )
-            })?;
+            return Err(invalid("client_id", "must not be empty"));
         }
         if self.request_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
-                format!("{key}.request_timeout_ms"),
-                "must be positive",
+            return Err(invalid("request_timeout_ms", "must be positive"));
+        }
+        for (field, scopes) in [
+            ("data_scopes", &self.data_scopes),
+            ("application_scopes", &self.application_scopes),
+        ] {
+            if let Some(bad) = scopes
+                .iter()
+                .find(|scope| crate::domain::Scope::parse("", scope).is_err())
+            {
+                return Err(invalid(
+                    field,
+                    &format!("{bad:?} is not a valid OAuth 2.0 scope"),
+                ));
+            }
+        }
+        match self.kind {
+            ProviderKind::Moneyhub => {
+                if self.issuer.is_none() {
+                    return Err(invalid("issuer", "is required for kind \"moneyhub\""));
+                }
+                if self.client_auth() != ClientAuthMethod::PrivateKeyJwt {
+                    return Err(invalid(
+                        "client_auth",
+                        "moneyhub authenticates with private_key_jwt",
+                    ));
+                }
+                if self.data_scopes.is_empty() && self.application_scopes.is_empty() {
+                    return Err(invalid(
+                        "data_scopes",
+                        "list the scopes IssueDataToken may request",
+                    ));
+                }
+            }
+            ProviderKind::Moneykit => {
+                if self.client_auth() == ClientAuthMethod::PrivateKeyJwt {
+                    return Err(invalid(
+                        "client_auth",
+                        "moneykit authenticates with client_secret_basic or client_secret_post",
+                    ));
+                }
+                if self.send_sub == Some(true) {
+                    return Err(invalid("send_sub", "MoneyKit has no users"));
+                }
+                if !self.data_scopes.is_empty() {
+                    return Err(invalid(
+                        "data_scopes",
+                        "MoneyKit has no users: list its scopes under application_scopes",
+                    ));
+                }
+                if self.application_scopes.is_empty() {
+                    return Err(invalid(
+                        "application_scopes",
+                        "list the scopes IssueDataToken may request",
+                    ));
+                }
+            }
+            ProviderKind::Oauth2 => {
+                if self.issuer.is_none() && self.token_url.is_none() {
+                    return Err(invalid(
+                        "token_url",
+                        "set token_url, or issuer for discovery",
+                    ));
+                }
+                if self.client_auth.is_none() {
+                    return Err(invalid(
+                        "client_auth",
+                        "is required for kind \"oauth2\": private_key_jwt, client_secret_basic or client_secret_post",
+                    ));
+                }
+                if self.send_sub.is_none() {
+                    return Err(invalid("send_sub", "is required for kind \"oauth2\""));
+                }
+                if self.expiry_field.is_none() {
+                    return Err(invalid(
+                        "expiry_field",
+                        "is required for kind \"oauth2\": expires_in, expires_at or auto",
+                    ));
+                }
+                if self.data_scopes.is_empty() && self.application_scopes.is_empty() {
+                    return Err(invalid(
+                        "data_scopes",
+                        "list the scopes IssueDataToken may request",
+                    ));
+                }
+            }
+        }
+        if !self.data_scopes.is_empty() && !self.send_sub() {
+            return Err(invalid(
+                "data_scopes",
+                "user tokens need send_sub = true; list application token scopes under application_scopes",
             ));
         }
-        let sources = [
-            self.private_key_pem.is_some(),
-            self.private_key_file.is_some(),
-            self.private_key_env.is_some(),
-        ];
-        if sources.iter().filter(|set| **set).count() != 1 {
+        let (secret_sources, other, other_name) = match self.client_auth() {
+            ClientAuthMethod::PrivateKeyJwt => (
+                [
+                    self.private_key_pem.is_some(),
+                    self.private_key_file.is_some(),
+                    self.private_key_env.is_some(),
+                ],
+                self.client_secret_file.is_some() || self.client_secret_env.is_some(),
+                "private_key",
+            ),
+            _ => (
+                [
+                    self.client_secret.is_some(),
+                    self.client_secret_file.is_some(),
+                    self.client_secret_env.is_some(),
+                ],
+                self.private_key_file.is_some() || self.private_key_env.is_some(),
+                "client_secret",
+            ),
+        };
+        if secret_sources.iter().filter(|set| **set).count() != 1 {
             return Err(ConfigError::invalid(
                 key,
-                "set exactly one of private_key_file and private_key_env",
+                format!("set exactly one of {other_name}_file and {other_name}_env"),
+            ));
+        }
+        if other {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "client_auth {:?} uses only {other_name}; remove the other credential",
+                    self.client_auth()
+                ),
             ));
         }
         Ok(())
@@ -397,15 +638,18 @@ mod tests {
     #[test]
     fn defaults_follow_the_provider_documentation() {
         let config = Config::from_toml(MINIMAL).unwrap();
-        let ProviderConfig::Moneyhub(moneyhub) = &config.providers["moneyhub"];
+        let moneyhub = &config.providers["moneyhub"];
         assert_eq!(
-            moneyhub.token_url().as_str(),
-            "https://identity.moneyhub.co.uk/oidc/token"
+            moneyhub.static_token_url(),
+            None,
+            "discovered from the issuer"
         );
         assert_eq!(
-            moneyhub.scim_url().as_str(),
+            moneyhub.scim_url().unwrap().as_str(),
             "https://identity.moneyhub.co.uk/scim"
         );
+        assert_eq!(moneyhub.client_auth(), ClientAuthMethod::PrivateKeyJwt);
+        assert!(moneyhub.send_sub());
         assert_eq!(config.server.listen_addr.port(), 50051);
         assert_eq!(config.cache.safety_margin_secs, 60);
         assert_eq!(moneyhub.signing_algorithm, SigningAlgorithm::RS256);

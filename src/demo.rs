@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use secrecy::SecretString;
 
-use crate::config::{Config, MoneyhubConfig, ProviderConfig};
+use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::provider::{KeyError, SigningAlgorithm, SigningKey};
 use crate::sandbox::{RegisteredClient, Sandbox, SandboxOptions, client_jwks};
 
@@ -48,24 +48,15 @@ impl DemoUpstream {
         })
     }
 
-    /// The provider configuration pointing at this sandbox.
-    pub fn provider_config(&self) -> MoneyhubConfig {
-        MoneyhubConfig {
-            issuer: self.sandbox.issuer(),
-            token_url: None,
-            scim_url: None,
-            client_id: DEMO_CLIENT_ID.to_owned(),
-            private_key_file: None,
-            private_key_env: None,
-            private_key_pem: Some(self.client_key_pem.clone()),
-            key_id: None,
-            signing_algorithm: SigningAlgorithm::RS256,
-            assertion_audience: Default::default(),
-            data_scopes: DEMO_DATA_SCOPES.iter().map(|s| s.to_string()).collect(),
-            default_token_lifetime_secs: 7_200,
-            request_timeout_ms: 10_000,
-            scim_content_type: "application/json".into(),
-        }
+    /// The provider configuration pointing at this sandbox: only the issuer
+    /// and the client, as for Moneyhub; endpoints come from discovery.
+    pub fn provider_config(&self) -> ProviderConfig {
+        let mut config = ProviderConfig::new(ProviderKind::Moneyhub, DEMO_CLIENT_ID);
+        config.issuer = Some(self.sandbox.issuer());
+        config.private_key_pem = Some(self.client_key_pem.clone());
+        config.data_scopes = DEMO_DATA_SCOPES.iter().map(|s| s.to_string()).collect();
+        config.application_scopes = vec!["scim_user:read".to_owned()];
+        config
     }
 
     /// A whole configuration: this sandbox as the only provider, in-process cache.
@@ -73,10 +64,7 @@ impl DemoUpstream {
         let mut config = Config {
             server: Default::default(),
             cache: Default::default(),
-            providers: BTreeMap::from([(
-                DEMO_PROVIDER.to_owned(),
-                ProviderConfig::Moneyhub(self.provider_config()),
-            )]),
+            providers: BTreeMap::from([(DEMO_PROVIDER.to_owned(), self.provider_config())]),
         };
         config.server.listen_addr = listen_addr;
         config

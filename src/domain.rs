@@ -144,6 +144,50 @@ impl EmailAddress {
     }
 }
 
+/// An opaque credential or parameter from the provider (authorization code,
+/// refresh token, nonce): 1 to `max` visible ASCII characters (RFC 6749's
+/// VSCHAR), so it is safe in a form body and a log-free error message.
+pub fn opaque_value(field: &str, value: &str, max: usize) -> Result<String, ValidationError> {
+    if value.is_empty() || value.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if !value.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
+        return Err(ValidationError::new(field, "must be printable ASCII"));
+    }
+    Ok(value.to_owned())
+}
+
+/// A PKCE code verifier (RFC 7636 §4.1): 43 to 128 unreserved characters.
+pub fn code_verifier(field: &str, value: &str) -> Result<String, ValidationError> {
+    let unreserved = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
+    if (43..=128).contains(&value.len()) && value.chars().all(unreserved) {
+        Ok(value.to_owned())
+    } else {
+        Err(ValidationError::new(
+            field,
+            "must be 43 to 128 characters of A-Z, a-z, 0-9, '-', '.', '_', '~' (RFC 7636)",
+        ))
+    }
+}
+
+/// An absolute http(s) redirect URI, at most 2048 characters.
+pub fn redirect_uri(field: &str, value: &str) -> Result<String, ValidationError> {
+    let valid = value.len() <= 2048
+        && url::Url::parse(value)
+            .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.fragment().is_none());
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(ValidationError::new(
+            field,
+            "must be an absolute http(s) URL without a fragment, at most 2048 characters",
+        ))
+    }
+}
+
 /// A person's name part: bounded, no control characters. May be empty,
 /// since SCIM 2.0 makes every name part optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -20,6 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a configuration file (BANKAUTH_* variables override it).
+    /// SIGHUP re-runs the providers' OpenID discovery.
     Serve {
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -29,7 +30,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
     },
-    /// Validate a configuration (including keys) without serving, then exit.
+    /// Validate a configuration (keys and secrets included) offline, then exit.
     CheckConfig {
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -68,7 +69,7 @@ async fn demo(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 
 fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(path.as_deref())?;
-    Providers::from_config(&config)?;
+    Providers::check(&config)?;
     println!(
         "configuration is valid: {} provider(s)",
         config.providers.len()

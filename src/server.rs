@@ -15,7 +15,7 @@ use crate::api::{AuthApi, AuthServiceServer};
 use crate::cache::{Cache, CacheError};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::proto::FILE_DESCRIPTOR_SET;
-use crate::provider::Providers;
+use crate::provider::{Providers, SetupError};
 use crate::service::AuthService;
 
 /// Bound on a decoded request. The largest valid request is a few kB; this
@@ -27,6 +27,8 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Provider(#[from] SetupError),
     #[error("cannot use Redis at cache.redis_url: {0}")]
     Redis(#[source] CacheError),
     #[error("cannot listen on {addr} (server.listen_addr): {source}")]
@@ -45,6 +47,8 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     service: Arc<AuthService>,
+    /// Kept to re-run discovery on SIGHUP.
+    providers: Providers,
     server: ServerConfig,
 }
 
@@ -53,7 +57,7 @@ impl Application {
     /// configured) and binds the listen address. Every failure names its cause.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
-        let providers = Providers::from_config(&config)?;
+        let providers = Providers::connect(&config).await?;
         let cache = Cache::connect(
             config.cache.redis_url.as_ref(),
             Duration::from_millis(config.cache.redis_timeout_ms),
@@ -61,7 +65,11 @@ impl Application {
         )
         .await
         .map_err(StartupError::Redis)?;
-        let service = Arc::new(AuthService::new(providers, cache, config.safety_margin()));
+        let service = Arc::new(AuthService::new(
+            providers.clone(),
+            cache,
+            config.safety_margin(),
+        ));
         let addr = config.server.listen_addr;
         let listener = TcpListener::bind(addr)
             .await
@@ -69,6 +77,7 @@ impl Application {
         Ok(Self {
             listener,
             service,
+            providers,
             server: config.server,
         })
     }
@@ -107,11 +116,13 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
                 stopped.await.ok();
             });
+        let reload = tokio::spawn(rediscover_on_sighup(self.providers));
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return Ok(result?),
             () = shutdown => {}
         }
+        reload.abort();
         tracing::info!("shutting down: no new RPCs, draining in-flight ones");
         health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
         health
@@ -127,6 +138,24 @@ impl Application {
             }
         }
     }
+}
+
+/// Re-reads every provider's discovery document on each SIGHUP.
+async fn rediscover_on_sighup(providers: Providers) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install a SIGHUP handler; discovery reload is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: re-running provider discovery");
+            providers.rediscover().await;
+        }
+    }
+    #[cfg(not(unix))]
+    drop(providers);
 }
 
 /// Completes on SIGINT or SIGTERM.

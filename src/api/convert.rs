@@ -8,6 +8,7 @@ use crate::domain::{
     ValidationError,
 };
 use crate::proto::v1 as pb;
+use crate::service::TokenSet;
 
 const MAX_SUBTENANT_FIELD_LEN: usize = 256;
 
@@ -100,6 +101,27 @@ impl From<AccessToken> for pb::AccessToken {
                 nanos: 0,
             }),
             scopes: token.scopes,
+        }
+    }
+}
+
+impl From<TokenSet> for pb::TokenSet {
+    fn from(set: TokenSet) -> Self {
+        let access = pb::AccessToken::from(set.token);
+        Self {
+            access_token: access.access_token,
+            id_token: set.id_token.unwrap_or_default(),
+            refresh_token: set.refresh_token.unwrap_or_default(),
+            token_type: access.token_type,
+            scopes: access.scopes,
+            expire_time: access.expire_time,
+            id_token_claims: set.claims.map(|claims| pb::IdTokenClaims {
+                sub: claims.sub,
+                connection_id: claims.connection_id.unwrap_or_default(),
+                auth_time: claims
+                    .auth_time
+                    .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            }),
         }
     }
 }

@@ -12,11 +12,17 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field};
 
-use crate::domain::{ScopeSet, UserId};
+use crate::domain::{ScopeSet, UserId, code_verifier, opaque_value, redirect_uri};
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::provider::Provider;
-use crate::service::{AuthService, CacheOutcome, Error};
+use crate::service::{AuthService, CacheOutcome, CodeExchange, Error};
+
+/// Longest authorization code accepted; real ones are well under 100 characters.
+const MAX_CODE_LEN: usize = 2048;
+/// Longest refresh token accepted; JWT refresh tokens can be a few kB.
+const MAX_REFRESH_TOKEN_LEN: usize = 8192;
+const MAX_NONCE_LEN: usize = 512;
 
 pub use pb::auth_service_server::AuthServiceServer;
 
@@ -97,11 +103,11 @@ impl AuthServiceRpc for AuthApi {
         let request = request.into_inner();
         observe("IssueDataToken", async {
             let provider = self.provider(&request.provider)?;
-            let user_id = UserId::parse("user_id", &request.user_id)?;
+            let user_id = optional(&request.user_id, |v| UserId::parse("user_id", v))?;
             let scopes = ScopeSet::parse("scopes", &request.scopes)?;
             let (token, outcome) = self
                 .service
-                .issue_data_token(&provider, &user_id, &scopes)
+                .issue_data_token(&provider, user_id.as_ref(), &scopes)
                 .await?;
             record_cache(outcome);
             Ok(pb::IssueDataTokenResponse {
@@ -109,6 +115,67 @@ impl AuthServiceRpc for AuthApi {
             })
         })
         .await
+    }
+
+    async fn exchange_authorization_code(
+        &self,
+        request: Request<pb::ExchangeAuthorizationCodeRequest>,
+    ) -> Result<Response<pb::ExchangeAuthorizationCodeResponse>, Status> {
+        let request = request.into_inner();
+        observe("ExchangeAuthorizationCode", async {
+            let provider = self.provider(&request.provider)?;
+            let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
+            let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
+            let code_verifier = optional(&request.code_verifier, |v| {
+                code_verifier("code_verifier", v)
+            })?;
+            let nonce = optional(&request.nonce, |v| opaque_value("nonce", v, MAX_NONCE_LEN))?;
+            let sub = optional(&request.sub, |v| UserId::parse("sub", v))?;
+            let exchange = CodeExchange {
+                code: &code,
+                redirect_uri: &redirect_uri,
+                code_verifier: code_verifier.as_deref(),
+                nonce: nonce.as_deref(),
+                sub: sub.as_ref(),
+            };
+            let token_set = self.service.exchange_code(&provider, exchange).await?;
+            Ok(pb::ExchangeAuthorizationCodeResponse {
+                token_set: Some(token_set.into()),
+            })
+        })
+        .await
+    }
+
+    async fn refresh_token(
+        &self,
+        request: Request<pb::RefreshTokenRequest>,
+    ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
+        let request = request.into_inner();
+        observe("RefreshToken", async {
+            let provider = self.provider(&request.provider)?;
+            let refresh_token = opaque_value(
+                "refresh_token",
+                &request.refresh_token,
+                MAX_REFRESH_TOKEN_LEN,
+            )?;
+            let token_set = self.service.refresh(&provider, &refresh_token).await?;
+            Ok(pb::RefreshTokenResponse {
+                token_set: Some(token_set.into()),
+            })
+        })
+        .await
+    }
+}
+
+/// Optional request fields are empty strings on the wire.
+fn optional<T>(
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, crate::domain::ValidationError>,
+) -> Result<Option<T>, crate::domain::ValidationError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse(value).map(Some)
     }
 }
 

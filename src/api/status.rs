@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::provider::ProviderError;
+use crate::provider::{IdTokenError, ProviderError};
 use crate::service::Error;
 
 pub const ERROR_DOMAIN: &str = "bankauth.dev";
@@ -30,6 +30,21 @@ impl From<Error> for Status {
                 metadata.insert("provider".to_owned(), provider);
                 (Code::AlreadyExists, "USER_ALREADY_EXISTS")
             }
+            Error::Unsupported { provider, .. } => {
+                metadata.insert("provider".to_owned(), provider);
+                (Code::FailedPrecondition, "NOT_SUPPORTED_BY_PROVIDER")
+            }
+            Error::IdToken { provider, source } => {
+                metadata.insert("provider".to_owned(), provider);
+                metadata.insert("check".to_owned(), source.check().to_owned());
+                match source {
+                    IdTokenError::Jwks(_) => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+                    IdTokenError::NotConfigured => {
+                        (Code::FailedPrecondition, "NOT_SUPPORTED_BY_PROVIDER")
+                    }
+                    _ => (Code::Unauthenticated, "ID_TOKEN_INVALID"),
+                }
+            }
             Error::Provider { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 if let Some(upstream) = upstream_error(&source) {
@@ -37,6 +52,7 @@ impl From<Error> for Status {
                 }
                 if let ProviderError::RateLimited {
                     retry_after: Some(delay),
+                    ..
                 } = source
                 {
                     details.set_retry_info(Some(delay));
@@ -62,7 +78,7 @@ fn classify(error: &ProviderError) -> (Code, &'static str) {
             "invalid_scope" | "invalid_request" | "invalid_grant" => {
                 (Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST")
             }
-            "invalid_client" | "unauthorized_client" => {
+            "invalid_client" | "unauthorized_client" | "api_error.auth.unauthorized" => {
                 (Code::FailedPrecondition, "UPSTREAM_REJECTED_CREDENTIALS")
             }
             "temporarily_unavailable" | "server_error" => {
@@ -92,7 +108,9 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
             ..
         } => Some(scim_type.clone()),
         ProviderError::Scim { status, .. } => Some(format!("http_{status}")),
-        ProviderError::RateLimited { .. } => Some("http_429".to_owned()),
+        ProviderError::RateLimited { code, .. } => {
+            Some(code.clone().unwrap_or_else(|| "http_429".to_owned()))
+        }
         ProviderError::Unavailable { status, .. } => status.map(|s| format!("http_{s}")),
     }
 }

@@ -20,7 +20,11 @@ pub enum ProviderError {
     },
     /// The provider's rate limit was hit (HTTP 429).
     #[error("the provider is rate limiting requests")]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        retry_after: Option<Duration>,
+        /// The provider's own error code, when its body carried one.
+        code: Option<String>,
+    },
     /// The provider could not be reached, timed out, failed (5xx), or answered
     /// something that is not the documented protocol.
     #[error("the provider is unavailable: {reason}")]

@@ -89,8 +89,9 @@ impl Answer {
     }
 
     /// The 429 answer as an error, with its `Retry-After` when readable.
-    pub fn rate_limited(&self) -> ProviderError {
+    pub fn rate_limited(&self, code: Option<String>) -> ProviderError {
         ProviderError::RateLimited {
+            code,
             retry_after: self
                 .headers
                 .get(RETRY_AFTER)

@@ -1,26 +1,33 @@
-//! The upstream protocols: each configured provider's token endpoint and SCIM
-//! users endpoint. Knows HTTP and OAuth, nothing of gRPC or caching.
+//! The upstream protocols: each configured provider's token endpoint, SCIM
+//! users endpoint and ID-token keys. Knows HTTP and OAuth, nothing of gRPC
+//! or caching.
 
+mod client_auth;
+mod discovery;
 mod error;
 mod http;
+mod id_token;
 pub mod scim;
 mod signing;
 mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
-
+pub use client_auth::{ClientAuth, random_hex};
+pub use discovery::Endpoints;
 pub use error::ProviderError;
 pub use http::MAX_BODY_BYTES;
+pub use id_token::{IdTokenClaims, IdTokenError, find_key};
 pub use signing::{KeyError, SigningAlgorithm, SigningKey};
-pub use token::TokenEndpoint;
+pub use token::{Grant, TokenResponse};
 
-use crate::config::{AssertionAudience, Config, ConfigError, MoneyhubConfig, ProviderConfig};
+use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig, ProviderKind};
 use crate::domain::{AccessToken, NewUser, Scope, ScopeSet, User, UserId};
+use id_token::IdTokenVerifier;
 use scim::ScimClient;
+use token::TokenEndpoint;
 
 /// The scope Moneyhub requires for creating SCIM users.
 pub const SCIM_WRITE_SCOPE: &str = "scim_user:write";
@@ -29,26 +36,45 @@ pub const SCIM_READ_SCOPE: &str = "scim_user:read";
 /// The scope of a token handed to Moneyhub's widget.
 pub const WIDGET_SCOPE: &str = "widget_authentication";
 
+/// A configured provider could not be set up at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("providers.{provider}.issuer: OpenID discovery failed: {source}")]
+    Discovery {
+        provider: String,
+        #[source]
+        source: ProviderError,
+    },
+}
+
 /// One configured provider: its credentials, endpoints and policy.
 #[derive(Debug)]
 pub struct Provider {
     name: String,
+    kind: ProviderKind,
+    config: ProviderConfig,
+    http: reqwest::Client,
+    /// Swapped as a whole when discovery is re-run.
+    endpoints: RwLock<Arc<Endpoints>>,
     token_endpoint: TokenEndpoint,
-    scim: ScimClient,
+    scim: Option<ScimClient>,
+    id_tokens: IdTokenVerifier,
+    send_sub: bool,
     data_scopes: BTreeSet<String>,
+    application_scopes: BTreeSet<String>,
 }
 
 impl Provider {
-    /// Builds a provider from its configuration, reading and parsing its
-    /// private key; errors name the configuration key at fault.
-    pub fn from_config(name: &str, config: &MoneyhubConfig) -> Result<Self, ConfigError> {
+    /// Reads and parses the credentials and builds the HTTP client: all
+    /// that can be checked without the network. Errors name the key.
+    fn prepare(
+        name: &str,
+        config: &ProviderConfig,
+    ) -> Result<(ClientAuth, reqwest::Client), ConfigError> {
         let key = format!("providers.{name}");
-        let pem = config.private_key(&key)?;
-        let mut signer = SigningKey::from_pem(pem.expose_secret(), config.signing_algorithm)
-            .map_err(|e| ConfigError::invalid(format!("{key}.private_key"), e.to_string()))?;
-        if let Some(key_id) = &config.key_id {
-            signer = signer.with_key_id(key_id);
-        }
+        let auth = ClientAuth::from_config(&key, config)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .connect_timeout(Duration::from_millis(config.request_timeout_ms.min(5_000)))
@@ -57,27 +83,45 @@ impl Provider {
             .map_err(|e| {
                 ConfigError::invalid(&key, format!("cannot build the HTTP client: {e}"))
             })?;
-        let token_url = config.token_url();
-        let audience = match config.assertion_audience {
-            AssertionAudience::TokenEndpoint => token_url.to_string(),
-            AssertionAudience::Issuer => config.issuer.to_string(),
-        };
+        Ok((auth, http))
+    }
+
+    /// Builds the provider, running OpenID discovery when only an issuer is configured.
+    pub async fn connect(name: &str, config: &ProviderConfig) -> Result<Self, SetupError> {
+        let (auth, http) = Self::prepare(name, config)?;
+        let endpoints =
+            discovery::resolve(&http, config)
+                .await
+                .map_err(|source| SetupError::Discovery {
+                    provider: name.to_owned(),
+                    source,
+                })?;
         Ok(Self {
             name: name.to_owned(),
+            kind: config.kind,
+            config: config.clone(),
+            endpoints: RwLock::new(Arc::new(endpoints)),
             token_endpoint: TokenEndpoint {
                 http: http.clone(),
-                url: token_url,
                 client_id: config.client_id.clone(),
-                signer,
-                audience,
+                auth,
+                expiry_field: config.expiry_field.unwrap_or(ExpiryField::Auto),
                 default_lifetime: Duration::from_secs(config.default_token_lifetime_secs),
             },
-            scim: ScimClient {
-                http,
-                base: config.scim_url(),
+            scim: config.scim_url().map(|base| ScimClient {
+                http: http.clone(),
+                base,
                 content_type: config.scim_content_type.clone(),
+            }),
+            id_tokens: IdTokenVerifier {
+                http: http.clone(),
+                client_id: config.client_id.clone(),
+                jwks: Default::default(),
             },
+            http,
+            send_sub: config.send_sub(),
             data_scopes: config.data_scopes.iter().cloned().collect(),
+            application_scopes: config.application_scopes.iter().cloned().collect(),
         })
     }
 
@@ -85,15 +129,54 @@ impl Provider {
         &self.name
     }
 
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
     pub fn client_id(&self) -> &str {
         &self.token_endpoint.client_id
     }
 
-    /// The first requested scope the configured allow-list does not include.
-    pub fn disallowed_data_scope<'a>(&self, scopes: &'a ScopeSet) -> Option<&'a Scope> {
+    pub fn client_auth_method(&self) -> &'static str {
+        self.token_endpoint.auth.method_name()
+    }
+
+    pub fn endpoints(&self) -> Arc<Endpoints> {
+        self.endpoints.read().expect("endpoints lock").clone()
+    }
+
+    /// Re-runs discovery; on failure the endpoints in use are kept.
+    pub async fn rediscover(&self) -> Result<(), ProviderError> {
+        let endpoints = discovery::resolve(&self.http, &self.config).await?;
+        *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints);
+        Ok(())
+    }
+
+    /// Whether the provider issues tokens for a user (with `sub`).
+    pub fn has_user_tokens(&self) -> bool {
+        self.send_sub
+    }
+
+    /// Whether the provider manages users over SCIM.
+    pub fn has_users(&self) -> bool {
+        self.scim.is_some()
+    }
+
+    /// The first requested scope the allow-list for this kind of token
+    /// (user or application) does not include.
+    pub fn disallowed_scope<'a>(&self, scopes: &'a ScopeSet, for_user: bool) -> Option<&'a Scope> {
+        let allowed = if for_user {
+            &self.data_scopes
+        } else {
+            &self.application_scopes
+        };
         scopes
             .iter()
-            .find(|scope| !self.data_scopes.contains(scope.as_str()))
+            .find(|scope| !allowed.contains(scope.as_str()))
+    }
+
+    pub fn has_application_tokens(&self) -> bool {
+        !self.application_scopes.is_empty()
     }
 
     pub async fn request_token(
@@ -101,15 +184,40 @@ impl Provider {
         sub: Option<&UserId>,
         scopes: &ScopeSet,
     ) -> Result<AccessToken, ProviderError> {
-        self.token_endpoint.client_credentials(sub, scopes).await
+        let sub = sub.filter(|_| self.send_sub);
+        self.token_endpoint
+            .request(self.endpoints(), Grant::ClientCredentials { sub, scopes })
+            .await
+            .map(|response| response.token)
     }
 
-    pub async fn create_user(&self, bearer: &str, user: &NewUser) -> Result<User, ProviderError> {
-        self.scim.create_user(bearer, user).await
+    /// The code exchange or a refresh; the caller validates the ID token.
+    pub async fn token_set(&self, grant: Grant<'_>) -> Result<TokenResponse, ProviderError> {
+        self.token_endpoint.request(self.endpoints(), grant).await
     }
 
-    pub async fn get_user(&self, bearer: &str, id: &UserId) -> Result<User, ProviderError> {
-        self.scim.get_user(bearer, id).await
+    pub async fn verify_id_token(
+        &self,
+        id_token: &str,
+        nonce: Option<&str>,
+    ) -> Result<IdTokenClaims, IdTokenError> {
+        self.id_tokens
+            .verify(&self.endpoints(), id_token, nonce)
+            .await
+    }
+
+    /// `None` when the provider has no user management.
+    pub async fn create_user(
+        &self,
+        bearer: &str,
+        user: &NewUser,
+    ) -> Option<Result<User, ProviderError>> {
+        Some(self.scim.as_ref()?.create_user(bearer, user).await)
+    }
+
+    /// `None` when the provider has no user management.
+    pub async fn get_user(&self, bearer: &str, id: &UserId) -> Option<Result<User, ProviderError>> {
+        Some(self.scim.as_ref()?.get_user(bearer, id).await)
     }
 }
 
@@ -118,17 +226,38 @@ impl Provider {
 pub struct Providers(BTreeMap<String, Arc<Provider>>);
 
 impl Providers {
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        config
-            .providers
-            .iter()
-            .map(|(name, provider)| match provider {
-                ProviderConfig::Moneyhub(moneyhub) => {
-                    Provider::from_config(name, moneyhub).map(|p| (name.clone(), Arc::new(p)))
-                }
-            })
-            .collect::<Result<_, _>>()
-            .map(Self)
+    /// Checks every provider's credentials without touching the network.
+    pub fn check(config: &Config) -> Result<(), ConfigError> {
+        for (name, provider) in &config.providers {
+            Provider::prepare(name, provider)?;
+        }
+        Ok(())
+    }
+
+    /// Builds every provider, discovering endpoints where needed.
+    pub async fn connect(config: &Config) -> Result<Self, SetupError> {
+        let mut providers = BTreeMap::new();
+        for (name, provider) in &config.providers {
+            providers.insert(
+                name.clone(),
+                Arc::new(Provider::connect(name, provider).await?),
+            );
+        }
+        Ok(Self(providers))
+    }
+
+    /// Re-runs discovery everywhere, logging (not failing on) each error.
+    pub async fn rediscover(&self) {
+        for provider in self.0.values() {
+            match provider.rediscover().await {
+                Ok(()) => tracing::info!(provider = provider.name(), "endpoints reloaded"),
+                Err(error) => tracing::warn!(
+                    provider = provider.name(),
+                    %error,
+                    "discovery failed; keeping the endpoints in use"
+                ),
+            }
+        }
     }
 
     /// Resolves the request's `provider` field: a configured name, or empty

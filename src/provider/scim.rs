@@ -191,7 +191,7 @@ impl ScimClient {
             return answer.json::<ScimUser>().map(User::from);
         }
         if answer.status == 429 {
-            return Err(answer.rate_limited());
+            return Err(answer.rate_limited(None));
         }
         if answer.status >= 500 {
             return Err(answer.unexpected());

@@ -1,165 +1,215 @@
-//! The OAuth 2.0 token endpoint with `private_key_jwt` client authentication
-//! (RFC 7523), as Moneyhub's identity service and any OpenID provider speak it.
+//! The OAuth 2.0 token endpoint: client credentials (with `sub` for user
+//! tokens, as Moneyhub does), the authorization-code exchange and refresh.
+//! Parses RFC 6749 answers and MoneyKit's error shape.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use serde::{Deserialize, Serialize};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde::Deserialize;
 use time::OffsetDateTime;
-use url::{Url, form_urlencoded};
+use url::form_urlencoded;
 
+use super::ProviderError;
+use super::client_auth::ClientAuth;
+use super::discovery::Endpoints;
 use super::http::Answer;
-use super::{ProviderError, SigningKey};
+use crate::config::ExpiryField;
 use crate::domain::{AccessToken, ScopeSet, UserId};
 
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// Client assertions are single-use; a short life limits a leaked one.
-const ASSERTION_LIFETIME_SECS: i64 = 60;
+/// What a token request asks for.
+pub enum Grant<'a> {
+    /// A token for this client, or for a user when `sub` is given.
+    ClientCredentials {
+        sub: Option<&'a UserId>,
+        scopes: &'a ScopeSet,
+    },
+    /// The code the provider redirected the user back with.
+    AuthorizationCode {
+        code: &'a str,
+        redirect_uri: &'a str,
+        code_verifier: Option<&'a str>,
+        sub: Option<&'a UserId>,
+    },
+    Refresh {
+        refresh_token: &'a str,
+    },
+}
 
-/// Claims of the client assertion, per RFC 7523 §3.
-#[derive(Serialize)]
-struct AssertionClaims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    jti: String,
-    iat: i64,
-    exp: i64,
+/// A successful token response, with its expiry resolved.
+pub struct TokenResponse {
+    pub token: AccessToken,
+    pub id_token: Option<String>,
+    pub refresh_token: Option<String>,
 }
 
 /// A client of one provider's token endpoint.
 #[derive(Debug)]
 pub struct TokenEndpoint {
     pub(super) http: reqwest::Client,
-    pub(super) url: Url,
     pub(super) client_id: String,
-    pub(super) signer: SigningKey,
-    pub(super) audience: String,
+    pub(super) auth: ClientAuth,
+    pub(super) expiry_field: ExpiryField,
     pub(super) default_lifetime: Duration,
 }
 
 impl TokenEndpoint {
-    /// Requests a client-credentials token, for a user when `sub` is given.
-    pub async fn client_credentials(
+    pub async fn request(
         &self,
-        sub: Option<&UserId>,
-        scopes: &ScopeSet,
-    ) -> Result<AccessToken, ProviderError> {
+        endpoints: Arc<Endpoints>,
+        grant: Grant<'_>,
+    ) -> Result<TokenResponse, ProviderError> {
         // Expiry counts from before the request is sent, so time spent in
         // flight never makes a token look fresher than it is.
         let sent_at = OffsetDateTime::now_utc().unix_timestamp();
-        let form = self.client_credentials_form(sub, scopes, sent_at)?;
-        let response = self
+        let (form, basic) = self.form(&endpoints, &grant, sent_at)?;
+        let mut request = self
             .http
-            .post(self.url.clone())
+            .post(endpoints.token_url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
-            .body(form)
+            .body(form);
+        if let Some(basic) = basic {
+            request = request.header(AUTHORIZATION, basic);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| ProviderError::from_transport(&e))?;
         let answer = Answer::read(response).await?;
-        parse_token_answer(&answer, sent_at, scopes, self.default_lifetime)
-    }
-
-    fn client_credentials_form(
-        &self,
-        sub: Option<&UserId>,
-        scopes: &ScopeSet,
-        now: i64,
-    ) -> Result<String, ProviderError> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", "client_credentials")
-            .append_pair("scope", &scopes.to_space_separated());
-        if let Some(sub) = sub {
-            form.append_pair("sub", sub.as_str());
-        }
-        form.append_pair("client_id", &self.client_id)
-            .append_pair("client_assertion_type", JWT_BEARER)
-            .append_pair("client_assertion", &self.client_assertion(now)?);
-        Ok(form.finish())
-    }
-
-    /// A fresh, single-use assertion: the provider rejects a reused `jti`.
-    fn client_assertion(&self, now: i64) -> Result<String, ProviderError> {
-        let claims = AssertionClaims {
-            iss: &self.client_id,
-            sub: &self.client_id,
-            aud: &self.audience,
-            jti: random_jti(),
-            iat: now,
-            exp: now + ASSERTION_LIFETIME_SECS,
+        let requested = match grant {
+            Grant::ClientCredentials { scopes, .. } => Some(scopes),
+            _ => None,
         };
-        self.signer.sign(&claims).map_err(|e| {
-            ProviderError::unavailable(format!("cannot sign the client assertion: {e}"))
-        })
+        parse_token_answer(
+            &answer,
+            sent_at,
+            requested,
+            self.expiry_field,
+            self.default_lifetime,
+        )
     }
-}
 
-fn random_jti() -> String {
-    let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-    hex::encode(bytes)
+    /// The form body and, for Basic authentication, the header value.
+    fn form(
+        &self,
+        endpoints: &Endpoints,
+        grant: &Grant<'_>,
+        now: i64,
+    ) -> Result<(String, Option<reqwest::header::HeaderValue>), ProviderError> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        match grant {
+            Grant::ClientCredentials { sub, scopes } => {
+                form.append_pair("grant_type", "client_credentials")
+                    .append_pair("scope", &scopes.to_space_separated());
+                if let Some(sub) = sub {
+                    form.append_pair("sub", sub.as_str());
+                }
+            }
+            Grant::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+                sub,
+            } => {
+                form.append_pair("grant_type", "authorization_code")
+                    .append_pair("code", code)
+                    .append_pair("redirect_uri", redirect_uri);
+                if let Some(verifier) = code_verifier {
+                    form.append_pair("code_verifier", verifier);
+                }
+                if let Some(sub) = sub {
+                    form.append_pair("sub", sub.as_str());
+                }
+            }
+            Grant::Refresh { refresh_token } => {
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh_token);
+            }
+        }
+        let basic = self
+            .auth
+            .apply(
+                &mut form,
+                &self.client_id,
+                endpoints.token_url.as_str(),
+                endpoints.issuer.as_deref(),
+                now,
+            )
+            .map_err(|e| {
+                ProviderError::unavailable(format!("cannot authenticate the request: {e}"))
+            })?;
+        Ok((form.finish(), basic))
+    }
 }
 
 #[derive(Deserialize)]
-struct TokenResponse {
+struct TokenBody {
     access_token: String,
     token_type: Option<String>,
     expires_in: Option<serde_json::Value>,
     expires_at: Option<serde_json::Value>,
     scope: Option<String>,
+    id_token: Option<String>,
+    refresh_token: Option<String>,
 }
 
-/// RFC 6749 §5.2 error response.
+/// An error body: RFC 6749 §5.2 (`error`, `error_description`) or MoneyKit's
+/// (`error_code`, `error_message`, `documentation_url`).
 #[derive(Deserialize)]
-pub(super) struct OAuthErrorResponse {
-    pub error: String,
-    pub error_description: Option<String>,
+struct ErrorBody {
+    #[serde(alias = "error_code")]
+    error: String,
+    #[serde(alias = "error_message")]
+    error_description: Option<String>,
 }
 
-impl OAuthErrorResponse {
-    /// RFC 6749 error codes are short printable ASCII; anything else is not one.
-    pub fn is_plausible(&self) -> bool {
-        !self.error.is_empty()
-            && self.error.len() <= 64
-            && self
+impl ErrorBody {
+    fn parse(body: &[u8]) -> Option<Self> {
+        let parsed: Self = serde_json::from_slice(body).ok()?;
+        // Error codes are short printable ASCII; anything else is not one.
+        let plausible = !parsed.error.is_empty()
+            && parsed.error.len() <= 64
+            && parsed
                 .error
                 .bytes()
-                .all(|b| (0x20..=0x7E).contains(&b) && b != b'"' && b != b'\\')
+                .all(|b| (0x21..=0x7E).contains(&b) && b != b'"' && b != b'\\');
+        plausible.then_some(parsed)
     }
 }
 
 /// Turns a token endpoint answer into a token or the error it reports.
-pub(super) fn parse_token_answer(
+/// `requested` is the scope set asked for, reported when the answer omits `scope`.
+fn parse_token_answer(
     answer: &Answer,
     sent_at: i64,
-    requested: &ScopeSet,
+    requested: Option<&ScopeSet>,
+    expiry_field: ExpiryField,
     default_lifetime: Duration,
-) -> Result<AccessToken, ProviderError> {
+) -> Result<TokenResponse, ProviderError> {
     if answer.status == 429 {
-        return Err(answer.rate_limited());
+        return Err(answer.rate_limited(ErrorBody::parse(&answer.body).map(|e| e.error)));
     }
     if answer.status >= 500 {
         return Err(answer.unexpected());
     }
     if !answer.is_success() {
-        return match serde_json::from_slice::<OAuthErrorResponse>(&answer.body) {
-            Ok(oauth) if oauth.is_plausible() => Err(ProviderError::OAuth {
+        return match ErrorBody::parse(&answer.body) {
+            Some(body) => Err(ProviderError::OAuth {
                 status: answer.status,
-                error: oauth.error,
-                description: oauth.error_description,
+                error: body.error,
+                description: body.error_description,
             }),
-            _ => Err(answer.unexpected()),
+            None => Err(answer.unexpected()),
         };
     }
-    let body: TokenResponse = answer.json()?;
+    let body: TokenBody = answer.json()?;
     if body.access_token.is_empty() {
         return Err(ProviderError::unavailable(
             "the token response has an empty access_token",
         ));
     }
-    let expires_at = expiry(&body, sent_at, default_lifetime);
+    let expires_at = expiry(&body, sent_at, expiry_field, default_lifetime);
     if expires_at <= OffsetDateTime::now_utc().unix_timestamp() {
         return Err(ProviderError::unavailable(
             "the provider issued a token that has already expired",
@@ -170,31 +220,42 @@ pub(super) fn parse_token_answer(
         .as_deref()
         .map(ScopeSet::from_granted)
         .filter(|granted| !granted.is_empty())
-        .unwrap_or_else(|| requested.clone());
-    Ok(AccessToken {
-        access_token: body.access_token,
-        token_type: body.token_type.unwrap_or_else(|| "Bearer".into()),
-        expires_at,
-        scopes: granted.to_vec(),
+        .or_else(|| requested.cloned());
+    Ok(TokenResponse {
+        token: AccessToken {
+            access_token: body.access_token,
+            token_type: body.token_type.unwrap_or_else(|| "Bearer".into()),
+            expires_at,
+            scopes: granted.map(|s| s.to_vec()).unwrap_or_default(),
+        },
+        id_token: body.id_token.filter(|t| !t.is_empty()),
+        refresh_token: body.refresh_token.filter(|t| !t.is_empty()),
     })
 }
 
 /// The token's expiry in Unix seconds: `expires_in` (from `sent_at`) or
-/// `expires_at`, the earlier if both are given; else the access token's own
-/// JWT `exp`; else the configured default lifetime.
-fn expiry(body: &TokenResponse, sent_at: i64, default_lifetime: Duration) -> i64 {
-    let relative = body
-        .expires_in
-        .as_ref()
-        .and_then(as_seconds)
-        .map(|secs| sent_at.saturating_add(secs));
-    let absolute = body.expires_at.as_ref().and_then(as_seconds);
-    match (relative, absolute) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(at), None) | (None, Some(at)) => at,
-        (None, None) => jwt_exp(&body.access_token)
-            .unwrap_or_else(|| sent_at.saturating_add(default_lifetime.as_secs() as i64)),
-    }
+/// `expires_at` as `field` says (with `Auto`, whichever is present, the
+/// earlier if both); else the access token's own JWT `exp`; else the
+/// configured default lifetime.
+fn expiry(body: &TokenBody, sent_at: i64, field: ExpiryField, default_lifetime: Duration) -> i64 {
+    let relative = || {
+        body.expires_in
+            .as_ref()
+            .and_then(as_seconds)
+            .map(|secs| sent_at.saturating_add(secs))
+    };
+    let absolute = || body.expires_at.as_ref().and_then(as_seconds);
+    let stated = match field {
+        ExpiryField::ExpiresIn => relative(),
+        ExpiryField::ExpiresAt => absolute(),
+        ExpiryField::Auto => match (relative(), absolute()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+    };
+    stated
+        .or_else(|| jwt_exp(&body.access_token))
+        .unwrap_or_else(|| sent_at.saturating_add(default_lifetime.as_secs() as i64))
 }
 
 /// Seconds as a JSON number or numeric string (some providers quote them).
@@ -236,6 +297,11 @@ mod tests {
         ScopeSet::single("accounts:read")
     }
 
+    fn parse(answer: &Answer, sent_at: i64) -> Result<AccessToken, ProviderError> {
+        parse_token_answer(answer, sent_at, Some(&scopes()), ExpiryField::Auto, DEFAULT)
+            .map(|r| r.token)
+    }
+
     fn now() -> i64 {
         OffsetDateTime::now_utc().unix_timestamp()
     }
@@ -246,7 +312,7 @@ mod tests {
     fn expires_in_counts_from_the_moment_of_sending() {
         let sent = now() - 5;
         let body = r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#;
-        let token = parse_token_answer(&answer(200, body), sent, &scopes(), DEFAULT).unwrap();
+        let token = parse(&answer(200, body), sent).unwrap();
         assert_eq!(token.expires_at, sent + 3600);
         assert_eq!(token.scopes, ["accounts:read"]);
     }
@@ -255,7 +321,7 @@ mod tests {
     fn expires_at_is_read_as_epoch_seconds() {
         let at = now() + 100;
         let body = format!(r#"{{"access_token":"t","expires_at":{at},"scope":"b a"}}"#);
-        let token = parse_token_answer(&answer(201, &body), now(), &scopes(), DEFAULT).unwrap();
+        let token = parse(&answer(201, &body), now()).unwrap();
         assert_eq!(token.expires_at, at);
         assert_eq!(token.scopes, ["a", "b"]);
         assert_eq!(token.token_type, "Bearer");
@@ -270,33 +336,25 @@ mod tests {
         );
         let jwt = format!("eyJhbGciOiJub25lIn0.{payload}.sig");
         let body = format!(r#"{{"access_token":"{jwt}"}}"#);
-        let token = parse_token_answer(&answer(200, &body), now(), &scopes(), DEFAULT).unwrap();
+        let token = parse(&answer(200, &body), now()).unwrap();
         assert_eq!(token.expires_at, exp);
 
         let sent = now();
-        let token = parse_token_answer(
-            &answer(200, r#"{"access_token":"opaque"}"#),
-            sent,
-            &scopes(),
-            DEFAULT,
-        )
-        .unwrap();
+        let token = parse(&answer(200, r#"{"access_token":"opaque"}"#), sent).unwrap();
         assert_eq!(token.expires_at, sent + 7200);
     }
 
     #[test]
     fn errors_are_classified() {
-        let oauth = parse_token_answer(
+        let oauth = parse(
             &answer(400, r#"{"error":"invalid_scope","error_description":"no"}"#),
             now(),
-            &scopes(),
-            DEFAULT,
         );
         assert!(
             matches!(oauth, Err(ProviderError::OAuth { ref error, .. }) if error == "invalid_scope")
         );
         assert!(matches!(
-            parse_token_answer(&answer(429, "{}"), now(), &scopes(), DEFAULT),
+            parse(&answer(429, "{}"), now()),
             Err(ProviderError::RateLimited { .. })
         ));
         for (status, body) in [
@@ -307,13 +365,13 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_token_answer(&answer(status, body), now(), &scopes(), DEFAULT),
+                    parse(&answer(status, body), now()),
                     Err(ProviderError::Unavailable { .. })
                 ),
                 "{status} {body}"
             );
         }
         let expired = format!(r#"{{"access_token":"t","expires_at":{}}}"#, now() - 10);
-        assert!(parse_token_answer(&answer(200, &expired), now(), &scopes(), DEFAULT).is_err());
+        assert!(parse(&answer(200, &expired), now()).is_err());
     }
 }

@@ -7,20 +7,21 @@
 //! The demo runs against it, and the tests use it as their upstream: it
 //! counts requests and can be made to fail on demand.
 
+mod moneykit;
 mod oidc;
 mod scim;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::JwkSet;
 use tokio::net::TcpListener;
 use url::Url;
 
@@ -33,6 +34,13 @@ use crate::provider::{KeyError, SigningAlgorithm, SigningKey};
 pub struct RegisteredClient {
     pub client_id: String,
     pub jwks: JwkSet,
+}
+
+/// A MoneyKit application registered at the sandbox.
+#[derive(Debug, Clone)]
+pub struct MoneykitClient {
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 /// Which expiry field token responses carry.
@@ -59,17 +67,30 @@ pub enum Fault {
     Garbage,
 }
 
+/// A defect the sandbox builds into the next ID token it issues.
+#[derive(Debug, Clone)]
+pub enum IdTokenFault {
+    /// The signature no longer matches the content.
+    Tampered,
+    /// `aud` names another client.
+    Audience(&'static str),
+    /// Signed with a key the JWKS does not publish.
+    UnpublishedKey,
+}
+
 /// The sandbox endpoints faults can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     Token,
     Scim,
+    Moneykit,
 }
 
 /// Options for [`Sandbox::start`].
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
     pub clients: Vec<RegisteredClient>,
+    pub moneykit_clients: Vec<MoneykitClient>,
     /// Lifetime of issued access tokens.
     pub token_lifetime: Duration,
     pub expiry_field: ExpiryField,
@@ -79,6 +100,7 @@ impl SandboxOptions {
     pub fn new(clients: Vec<RegisteredClient>) -> Self {
         Self {
             clients,
+            moneykit_clients: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             expiry_field: ExpiryField::ExpiresIn,
         }
@@ -100,15 +122,21 @@ pub const SUPPORTED_SCOPES: &[&str] = &[
 struct State {
     issuer: Url,
     token_url: Url,
-    signing_key: SigningKey,
+    /// Replaced by [`Sandbox::rotate_signing_key`].
+    signing_key: RwLock<Arc<SigningKey>>,
     clients: HashMap<String, JwkSet>,
+    moneykit_clients: HashMap<String, String>,
     options: Mutex<SandboxOptions>,
     users: Mutex<HashMap<String, ScimUser>>,
     /// Assertion `jti`s seen, with their expiry, to reject replays.
     seen_jtis: Mutex<HashMap<String, i64>>,
+    codes: Mutex<HashMap<String, oidc::AuthorizationCode>>,
+    refresh_tokens: Mutex<HashMap<String, oidc::RefreshGrant>>,
     faults: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
+    id_token_faults: Mutex<VecDeque<IdTokenFault>>,
     token_requests: AtomicU64,
     scim_requests: AtomicU64,
+    moneykit_requests: AtomicU64,
 }
 
 impl State {
@@ -118,6 +146,10 @@ impl State {
             .expect("fault queue lock")
             .get_mut(&endpoint)
             .and_then(VecDeque::pop_front)
+    }
+
+    fn signing_key(&self) -> Arc<SigningKey> {
+        self.signing_key.read().expect("signing key lock").clone()
     }
 }
 
@@ -136,23 +168,31 @@ impl Sandbox {
             .parse()
             .expect("a socket address makes a valid URL");
         let issuer = base_url.join("oidc").expect("valid issuer URL");
-        let (signing_key, _) = SigningKey::generate(SigningAlgorithm::ES256)
-            .map_err(|e: KeyError| std::io::Error::other(e.to_string()))?;
+        let signing_key = new_signing_key()?;
         let state = Arc::new(State {
             token_url: base_url.join("oidc/token").expect("valid token URL"),
             issuer,
-            signing_key,
+            signing_key: RwLock::new(Arc::new(signing_key)),
             clients: options
                 .clients
                 .iter()
                 .map(|c| (c.client_id.clone(), c.jwks.clone()))
                 .collect(),
+            moneykit_clients: options
+                .moneykit_clients
+                .iter()
+                .map(|c| (c.client_id.clone(), c.client_secret.clone()))
+                .collect(),
             options: Mutex::new(options),
             users: Mutex::default(),
             seen_jtis: Mutex::default(),
+            codes: Mutex::default(),
+            refresh_tokens: Mutex::default(),
             faults: Mutex::default(),
+            id_token_faults: Mutex::default(),
             token_requests: AtomicU64::new(0),
             scim_requests: AtomicU64::new(0),
+            moneykit_requests: AtomicU64::new(0),
         });
         let app = Router::new()
             .route(
@@ -161,6 +201,8 @@ impl Sandbox {
             )
             .route("/oidc/certs", get(oidc::jwks))
             .route("/oidc/token", post(oidc::token))
+            .route("/oidc/auth", get(oidc::authorize))
+            .route("/moneykit/auth/token", post(moneykit::token))
             .route("/scim/users", post(scim::create_user))
             .route("/scim/users/{id}", get(scim::get_user))
             .with_state(state.clone());
@@ -187,11 +229,32 @@ impl Sandbox {
         &self.base_url
     }
 
-    /// The public keys access tokens are signed with.
+    /// MoneyKit's API base at this sandbox, `{base}/moneykit/`.
+    pub fn moneykit_url(&self) -> Url {
+        self.base_url.join("moneykit/").expect("valid MoneyKit URL")
+    }
+
+    /// The authorization endpoint, where tests obtain codes without a browser.
+    pub fn authorization_url(&self) -> Url {
+        self.base_url
+            .join("oidc/auth")
+            .expect("valid authorization URL")
+    }
+
+    /// The public keys access and ID tokens are signed with.
     pub fn jwks(&self) -> JwkSet {
-        JwkSet {
-            keys: vec![self.state.signing_key.public_jwk()],
-        }
+        client_jwks(&self.state.signing_key())
+    }
+
+    /// Replaces the signing key (with a new `kid`); the JWKS serves only the new one.
+    pub fn rotate_signing_key(&self) -> std::io::Result<()> {
+        *self.state.signing_key.write().expect("signing key lock") = Arc::new(new_signing_key()?);
+        Ok(())
+    }
+
+    /// Requests received at MoneyKit's token endpoint.
+    pub fn moneykit_requests(&self) -> u64 {
+        self.state.moneykit_requests.load(Ordering::SeqCst)
     }
 
     /// Requests received at the token endpoint, failed ones included.
@@ -221,6 +284,15 @@ impl Sandbox {
             .push_back(fault);
     }
 
+    /// Builds `fault` into the next ID token issued.
+    pub fn fault_next_id_token(&self, fault: IdTokenFault) {
+        self.state
+            .id_token_faults
+            .lock()
+            .expect("fault queue lock")
+            .push_back(fault);
+    }
+
     /// Switches which expiry field token responses carry.
     pub fn set_expiry_field(&self, field: ExpiryField) {
         self.state
@@ -246,6 +318,24 @@ impl Drop for Sandbox {
     }
 }
 
+fn new_signing_key() -> std::io::Result<SigningKey> {
+    SigningKey::generate(SigningAlgorithm::ES256)
+        .map(|(key, _)| key)
+        .map_err(|e: KeyError| std::io::Error::other(e.to_string()))
+}
+
+/// An error body in the endpoint's own dialect: RFC 6749 or MoneyKit's.
+fn error_body(endpoint: Endpoint, code: &str, message: &str) -> serde_json::Value {
+    match endpoint {
+        Endpoint::Moneykit => serde_json::json!({
+            "error_code": code,
+            "error_message": message,
+            "documentation_url": "https://docs.moneykit.com/",
+        }),
+        _ => serde_json::json!({"error": code, "error_description": message}),
+    }
+}
+
 /// Serves a fault, or `None` to go on normally (after any stall).
 async fn serve_fault(state: &State, endpoint: Endpoint) -> Option<Response> {
     let fault = state.next_fault(endpoint)?;
@@ -256,7 +346,7 @@ async fn serve_fault(state: &State, endpoint: Endpoint) -> Option<Response> {
     Some(match fault {
         Fault::OAuth { status, error } => json(
             status,
-            serde_json::json!({"error": error, "error_description": "injected by the sandbox"}),
+            error_body(endpoint, error, "injected by the sandbox"),
         ),
         Fault::Status(status) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -264,10 +354,11 @@ async fn serve_fault(state: &State, endpoint: Endpoint) -> Option<Response> {
         )
             .into_response(),
         Fault::RateLimited { retry_after_secs } => {
-            let mut response = json(
-                429,
-                serde_json::json!({"error": "rate_limited", "error_description": "slow down"}),
-            );
+            let code = match endpoint {
+                Endpoint::Moneykit => "api_error.rate_limit_exceeded",
+                _ => "rate_limited",
+            };
+            let mut response = json(429, error_body(endpoint, code, "slow down"));
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -290,14 +381,5 @@ async fn serve_fault(state: &State, endpoint: Endpoint) -> Option<Response> {
 pub fn client_jwks(key: &SigningKey) -> JwkSet {
     JwkSet {
         keys: vec![key.public_jwk()],
-    }
-}
-
-/// Finds the key a JWT header names in a JWKS.
-fn find_key<'a>(jwks: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
-    match kid {
-        Some(kid) => jwks.find(kid),
-        None if jwks.keys.len() == 1 => jwks.keys.first(),
-        None => None,
     }
 }

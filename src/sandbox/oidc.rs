@@ -6,14 +6,18 @@ use std::sync::atomic::Ordering;
 
 use axum::Form;
 use axum::Json;
-use axum::extract::State as AxumState;
-use axum::http::StatusCode;
+use axum::extract::{Query, State as AxumState};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{Endpoint, ExpiryField, SUPPORTED_SCOPES, State, find_key, serve_fault};
+use super::{Endpoint, ExpiryField, IdTokenFault, SUPPORTED_SCOPES, State, serve_fault};
+use crate::provider::{SigningAlgorithm, SigningKey, find_key, random_hex};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -23,7 +27,11 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
         "issuer": issuer,
         "token_endpoint": state.token_url.as_str(),
         "jwks_uri": format!("{issuer}/certs"),
-        "grant_types_supported": ["client_credentials"],
+        "authorization_endpoint": format!("{issuer}/auth"),
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "id_token_signing_alg_values_supported": ["ES256"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
         "scopes_supported": SUPPORTED_SCOPES,
@@ -31,7 +39,94 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
 }
 
 pub async fn jwks(AxumState(state): AxumState<Arc<State>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "keys": [state.signing_key.public_jwk()] }))
+    Json(serde_json::json!({ "keys": [state.signing_key().public_jwk()] }))
+}
+
+/// An authorization code awaiting exchange.
+pub struct AuthorizationCode {
+    client_id: String,
+    redirect_uri: String,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    sub: String,
+    scope: String,
+    connection_id: String,
+    expires_at: i64,
+}
+
+/// What a refresh token stands for.
+pub struct RefreshGrant {
+    client_id: String,
+    sub: String,
+    scope: String,
+    connection_id: String,
+}
+
+/// Codes are short-lived, as RFC 6749 §4.1.2 recommends.
+const CODE_LIFETIME_SECS: i64 = 60;
+
+/// The authorization endpoint, reduced to what tests need: no login page,
+/// the user consents at once and is redirected back with a code (as if they
+/// had connected a bank). `sub` picks the user; else a new one is made up.
+pub async fn authorize(
+    AxumState(state): AxumState<Arc<State>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let param = |name: &str| params.get(name).cloned();
+    let (Some(client_id), Some(redirect_uri)) = (param("client_id"), param("redirect_uri")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "client_id and redirect_uri are required",
+        )
+            .into_response();
+    };
+    if !state.clients.contains_key(&client_id) {
+        return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
+    }
+    let Ok(mut location) = url::Url::parse(&redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+    };
+    if param("response_type").as_deref() != Some("code") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "only response_type=code is supported",
+        )
+            .into_response();
+    }
+    let code_challenge = param("code_challenge");
+    if code_challenge.is_some() && param("code_challenge_method").as_deref() != Some("S256") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "only code_challenge_method=S256 is supported",
+        )
+            .into_response();
+    }
+    let code = random_hex::<16>();
+    let scope = param("scope").unwrap_or_else(|| "openid".into());
+    state.codes.lock().expect("codes lock").insert(
+        code.clone(),
+        AuthorizationCode {
+            client_id,
+            redirect_uri,
+            nonce: param("nonce"),
+            code_challenge,
+            sub: param("sub").unwrap_or_else(random_id),
+            connection_id: format!("{}:{}", random_hex::<16>(), random_hex::<8>()),
+            scope,
+            expires_at: OffsetDateTime::now_utc().unix_timestamp() + CODE_LIFETIME_SECS,
+        },
+    );
+    location.query_pairs_mut().append_pair("code", &code);
+    if let Some(state_param) = param("state") {
+        location
+            .query_pairs_mut()
+            .append_pair("state", &state_param);
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.to_string())],
+    )
+        .into_response()
 }
 
 /// Claims the sandbox requires of a client assertion (RFC 7523 §3).
@@ -76,13 +171,23 @@ pub async fn token(
         Ok(client_id) => client_id,
         Err(reason) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", reason),
     };
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(
+    match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => client_credentials(&state, client_id, &form),
+        Some("authorization_code") => authorization_code(&state, client_id, &form),
+        Some("refresh_token") => refresh(&state, client_id, &form),
+        _ => oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "only client_credentials is supported",
-        );
+            "grant_type must be client_credentials, authorization_code or refresh_token",
+        ),
     }
+}
+
+fn client_credentials(
+    state: &State,
+    client_id: String,
+    form: &HashMap<String, String>,
+) -> Response {
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
     let scopes: Vec<&str> = scope.split_ascii_whitespace().collect();
     if scopes.is_empty() {
@@ -109,7 +214,107 @@ pub async fn token(
             );
         }
     }
-    issue(&state, client_id, sub, &scopes)
+    let scope = scopes
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let sub = sub.unwrap_or_else(|| client_id.clone());
+    issue(state, &client_id, &sub, &scope, None)
+}
+
+fn authorization_code(
+    state: &State,
+    client_id: String,
+    form: &HashMap<String, String>,
+) -> Response {
+    let invalid_grant =
+        |reason: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", reason);
+    let Some(code) = form.get("code") else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code is required",
+        );
+    };
+    // Removed on first use: a code is single-use whatever the outcome.
+    let Some(grant) = state.codes.lock().expect("codes lock").remove(code) else {
+        return invalid_grant("the code is unknown or was already used");
+    };
+    if grant.expires_at < OffsetDateTime::now_utc().unix_timestamp() {
+        return invalid_grant("the code has expired");
+    }
+    if grant.client_id != client_id {
+        return invalid_grant("the code was issued to another client");
+    }
+    if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+        return invalid_grant("redirect_uri does not match the authorization request");
+    }
+    if let Some(challenge) = &grant.code_challenge {
+        let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
+        let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        if computed != *challenge {
+            return invalid_grant("code_verifier does not match the code_challenge");
+        }
+    }
+    let refresh_token = random_hex::<32>();
+    state.refresh_tokens.lock().expect("refresh lock").insert(
+        refresh_token.clone(),
+        RefreshGrant {
+            client_id: client_id.clone(),
+            sub: grant.sub.clone(),
+            scope: grant.scope.clone(),
+            connection_id: grant.connection_id.clone(),
+        },
+    );
+    let id_token = IdToken {
+        nonce: grant.nonce.as_deref(),
+        connection_id: &grant.connection_id,
+        refresh_token,
+    };
+    issue(state, &client_id, &grant.sub, &grant.scope, Some(id_token))
+}
+
+fn refresh(state: &State, client_id: String, form: &HashMap<String, String>) -> Response {
+    let Some(token) = form.get("refresh_token") else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "refresh_token is required",
+        );
+    };
+    let mut refresh_tokens = state.refresh_tokens.lock().expect("refresh lock");
+    // Rotated on use: the old refresh token stops working.
+    let Some(grant) = refresh_tokens.remove(token) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the refresh token is unknown or was already used",
+        );
+    };
+    if grant.client_id != client_id {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the refresh token belongs to another client",
+        );
+    }
+    let rotated = random_hex::<32>();
+    let (sub, scope, connection_id) = (
+        grant.sub.clone(),
+        grant.scope.clone(),
+        grant.connection_id.clone(),
+    );
+    refresh_tokens.insert(rotated.clone(), grant);
+    drop(refresh_tokens);
+    let id_token = IdToken {
+        nonce: None,
+        connection_id: &connection_id,
+        refresh_token: rotated,
+    };
+    issue(state, &client_id, &sub, &scope, Some(id_token))
 }
 
 /// Verifies the `private_key_jwt` assertion and returns the client id.
@@ -154,7 +359,35 @@ fn authenticate_client(
     Ok(client_id.clone())
 }
 
-fn issue(state: &State, client_id: String, sub: Option<String>, scopes: &[&str]) -> Response {
+/// What a code exchange or refresh adds to the token response.
+struct IdToken<'a> {
+    nonce: Option<&'a str>,
+    connection_id: &'a str,
+    refresh_token: String,
+}
+
+/// Claims of the ID tokens the sandbox issues (Moneyhub's shape).
+#[derive(Serialize)]
+struct IdTokenClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+    auth_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    #[serde(rename = "mh:con_id")]
+    connection_id: &'a str,
+}
+
+fn issue(
+    state: &State,
+    client_id: &str,
+    sub: &str,
+    scope: &str,
+    id_token: Option<IdToken<'_>>,
+) -> Response {
     let (lifetime, expiry_field) = {
         let options = state.options.lock().expect("options lock");
         (
@@ -163,24 +396,18 @@ fn issue(state: &State, client_id: String, sub: Option<String>, scopes: &[&str])
         )
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let scope = scopes
-        .iter()
-        .copied()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let signing_key = state.signing_key();
     let claims = AccessTokenClaims {
         iss: state.issuer.to_string(),
-        sub: sub.unwrap_or_else(|| client_id.clone()),
-        aud: client_id.clone(),
-        client_id,
-        scope: scope.clone(),
+        sub: sub.to_owned(),
+        aud: client_id.to_owned(),
+        client_id: client_id.to_owned(),
+        scope: scope.to_owned(),
         iat: now,
         exp: now + lifetime,
         jti: random_id(),
     };
-    let Ok(access_token) = state.signing_key.sign(&claims) else {
+    let Ok(access_token) = signing_key.sign(&claims) else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -196,12 +423,60 @@ fn issue(state: &State, client_id: String, sub: Option<String>, scopes: &[&str])
         ExpiryField::ExpiresIn => body["expires_in"] = lifetime.into(),
         ExpiryField::ExpiresAt => body["expires_at"] = (now + lifetime).into(),
     }
+    if let Some(id_token) = id_token {
+        let fault = state
+            .id_token_faults
+            .lock()
+            .expect("fault lock")
+            .pop_front();
+        let audience = match &fault {
+            Some(IdTokenFault::Audience(other)) => other,
+            _ => client_id,
+        };
+        let claims = IdTokenClaims {
+            iss: state.issuer.as_str(),
+            sub,
+            aud: audience,
+            iat: now,
+            exp: now + lifetime,
+            auth_time: now,
+            nonce: id_token.nonce,
+            connection_id: id_token.connection_id,
+        };
+        let signed = match &fault {
+            Some(IdTokenFault::UnpublishedKey) => {
+                SigningKey::generate(SigningAlgorithm::ES256).and_then(|(key, _)| key.sign(&claims))
+            }
+            _ => signing_key.sign(&claims),
+        };
+        let Ok(mut signed) = signed else {
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "signing failed",
+            );
+        };
+        if let Some(IdTokenFault::Tampered) = fault {
+            // Swap the payload for one naming another user, keeping the signature.
+            let forged = URL_SAFE_NO_PAD.encode(
+                serde_json::to_vec(&IdTokenClaims {
+                    sub: "someone-else",
+                    ..claims
+                })
+                .unwrap_or_default(),
+            );
+            let parts: Vec<&str> = signed.split('.').collect();
+            signed = format!("{}.{forged}.{}", parts[0], parts[2]);
+        }
+        body["id_token"] = signed.into();
+        body["refresh_token"] = id_token.refresh_token.into();
+    }
     (StatusCode::OK, Json(body)).into_response()
 }
 
 /// Verifies an access token the sandbox issued; returns its claims.
 pub fn verify_access_token(state: &State, token: &str) -> Option<AccessTokenClaims> {
-    let jwk = state.signing_key.public_jwk();
+    let jwk = state.signing_key().public_jwk();
     let key = DecodingKey::from_jwk(&jwk).ok()?;
     let mut validation = Validation::new(Algorithm::ES256);
     validation.validate_aud = false;
@@ -213,7 +488,5 @@ pub fn verify_access_token(state: &State, token: &str) -> Option<AccessTokenClai
 
 /// 12 random bytes in hex: the shape of Moneyhub's (MongoDB) ids.
 pub fn random_id() -> String {
-    let mut bytes = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-    hex::encode(bytes)
+    random_hex::<12>()
 }

@@ -54,7 +54,7 @@ async fn token_endpoint_failures_map_to_codes() {
                 retry_after_secs: 7,
             },
             Code::ResourceExhausted,
-            "http_429",
+            "rate_limited",
         ),
         (Fault::Status(503), Code::Unavailable, "http_503"),
         (Fault::Status(500), Code::Unavailable, "http_500"),
@@ -132,8 +132,7 @@ async fn a_rate_limit_carries_the_retry_delay() {
 async fn a_provider_slower_than_the_timeout_is_unavailable() {
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
-        let bankauth::config::ProviderConfig::Moneyhub(p) = c.providers.get_mut("sandbox").unwrap();
-        p.request_timeout_ms = 300;
+        c.providers.get_mut("sandbox").unwrap().request_timeout_ms = 300;
     })
     .await;
     app.sandbox()
@@ -151,8 +150,7 @@ async fn a_provider_slower_than_the_timeout_is_unavailable() {
 async fn a_refused_connection_is_unavailable() {
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
-        let bankauth::config::ProviderConfig::Moneyhub(p) = c.providers.get_mut("sandbox").unwrap();
-        p.token_url = Some(
+        c.providers.get_mut("sandbox").unwrap().token_url = Some(
             format!("http://127.0.0.1:{}/oidc/token", free_port())
                 .parse()
                 .unwrap(),

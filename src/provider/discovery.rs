@@ -1,0 +1,78 @@
+//! Where a provider's endpoints are: configured, or read from its OpenID
+//! discovery document (`{issuer}/.well-known/openid-configuration`).
+
+use serde::Deserialize;
+use url::Url;
+
+use super::ProviderError;
+use super::http::Answer;
+use crate::config::{ProviderConfig, join_path};
+
+/// A provider's endpoints, as configured or discovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The issuer ID tokens must name, when the provider has one.
+    pub issuer: Option<String>,
+    pub token_url: Url,
+    /// Keys that sign the provider's ID tokens, when known.
+    pub jwks_url: Option<Url>,
+}
+
+#[derive(Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    token_endpoint: Url,
+    jwks_uri: Option<Url>,
+}
+
+/// Resolves the endpoints: discovery when only an issuer is configured.
+pub async fn resolve(
+    http: &reqwest::Client,
+    config: &ProviderConfig,
+) -> Result<Endpoints, ProviderError> {
+    let issuer = config
+        .issuer
+        .as_ref()
+        .map(|issuer| issuer.as_str().to_owned());
+    if let Some(token_url) = config.static_token_url() {
+        return Ok(Endpoints {
+            issuer,
+            token_url,
+            jwks_url: config.jwks_url.clone(),
+        });
+    }
+    let issuer_url = config
+        .issuer
+        .as_ref()
+        .ok_or_else(|| ProviderError::unavailable("neither token_url nor issuer is configured"))?;
+    let document = fetch_document(http, issuer_url).await?;
+    // OpenID Connect Discovery §4.3: the document must name the issuer it was fetched for.
+    if document.issuer.trim_end_matches('/') != issuer_url.as_str().trim_end_matches('/') {
+        return Err(ProviderError::unavailable(format!(
+            "the discovery document names issuer {:?}, not the configured one",
+            document.issuer
+        )));
+    }
+    Ok(Endpoints {
+        issuer,
+        token_url: document.token_endpoint,
+        jwks_url: config.jwks_url.clone().or(document.jwks_uri),
+    })
+}
+
+async fn fetch_document(
+    http: &reqwest::Client,
+    issuer: &Url,
+) -> Result<DiscoveryDocument, ProviderError> {
+    let url = join_path(issuer, ".well-known/openid-configuration");
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ProviderError::from_transport(&e))?;
+    let answer = Answer::read(response).await?;
+    if !answer.is_success() {
+        return Err(answer.unexpected());
+    }
+    answer.json()
+}
