@@ -238,6 +238,7 @@ impl AuthService {
         provider: &Provider,
         new_user: &NewUser,
     ) -> Result<User, Error> {
+        let users = provider.users().ok_or_else(|| no_users(provider))?;
         let key = UserKey::new(
             provider.name(),
             provider.client_id(),
@@ -256,10 +257,9 @@ impl AuthService {
         let (token, _) = self
             .issue_token(provider, None, &ScopeSet::single(SCIM_WRITE_SCOPE))
             .await?;
-        let user = provider
+        let user = users
             .create_user(&token.access_token, new_user)
             .await
-            .ok_or_else(|| no_users(provider))?
             .map_err(|source| provider_error(provider, source))?;
         self.cache.remember_user(&key, &user.id).await;
         Ok(user)
@@ -292,16 +292,13 @@ impl AuthService {
     }
 
     pub async fn get_user(&self, provider: &Provider, id: &UserId) -> Result<User, Error> {
-        if !provider.has_users() {
-            return Err(no_users(provider));
-        }
+        let users = provider.users().ok_or_else(|| no_users(provider))?;
         let (token, _) = self
             .issue_token(provider, None, &ScopeSet::single(SCIM_READ_SCOPE))
             .await?;
-        provider
+        users
             .get_user(&token.access_token, id)
             .await
-            .ok_or_else(|| no_users(provider))?
             .map_err(|source| provider_error(provider, source))
     }
 

@@ -24,9 +24,9 @@ pub use signing::{KeyError, SigningAlgorithm, SigningKey};
 pub use token::{Grant, TokenResponse};
 
 use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig, ProviderKind};
-use crate::domain::{AccessToken, NewUser, Scope, ScopeSet, User, UserId};
+use crate::domain::{AccessToken, Scope, ScopeSet, UserId};
 use id_token::IdTokenVerifier;
-use scim::ScimClient;
+pub use scim::ScimClient;
 use token::TokenEndpoint;
 
 /// The scope Moneyhub requires for creating SCIM users.
@@ -157,11 +157,6 @@ impl Provider {
         self.send_sub
     }
 
-    /// Whether the provider manages users over SCIM.
-    pub fn has_users(&self) -> bool {
-        self.scim.is_some()
-    }
-
     /// The first requested scope the allow-list for this kind of token
     /// (user or application) does not include.
     pub fn disallowed_scope<'a>(&self, scopes: &'a ScopeSet, for_user: bool) -> Option<&'a Scope> {
@@ -206,18 +201,9 @@ impl Provider {
             .await
     }
 
-    /// `None` when the provider has no user management.
-    pub async fn create_user(
-        &self,
-        bearer: &str,
-        user: &NewUser,
-    ) -> Option<Result<User, ProviderError>> {
-        Some(self.scim.as_ref()?.create_user(bearer, user).await)
-    }
-
-    /// `None` when the provider has no user management.
-    pub async fn get_user(&self, bearer: &str, id: &UserId) -> Option<Result<User, ProviderError>> {
-        Some(self.scim.as_ref()?.get_user(bearer, id).await)
+    /// The provider's SCIM users endpoint; `None` when it has no user management.
+    pub fn users(&self) -> Option<&ScimClient> {
+        self.scim.as_ref()
     }
 }
 

@@ -374,4 +374,38 @@ mod tests {
         let expired = format!(r#"{{"access_token":"t","expires_at":{}}}"#, now() - 10);
         assert!(parse(&answer(200, &expired), now()).is_err());
     }
+
+    #[test]
+    fn moneykit_errors_are_read_like_oauth_errors() {
+        let body = r#"{"error_code":"api_error.auth.unauthorized","error_message":"Accounts access not permitted","documentation_url":"x"}"#;
+        let error = parse(&answer(401, body), now()).unwrap_err();
+        assert!(
+            matches!(error, ProviderError::OAuth { ref error, .. } if error == "api_error.auth.unauthorized"),
+            "{error:?}"
+        );
+        let limited = r#"{"error_code":"api_error.rate_limit_exceeded","error_message":"slow"}"#;
+        let error = parse(&answer(429, limited), now()).unwrap_err();
+        assert!(
+            matches!(error, ProviderError::RateLimited { code: Some(ref code), .. } if code == "api_error.rate_limit_exceeded"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_expiry_field_is_the_only_one_read() {
+        let sent = now();
+        let body = format!(
+            r#"{{"access_token":"t","expires_in":100,"expires_at":{}}}"#,
+            sent + 50
+        );
+        let read = |field| {
+            parse_token_answer(&answer(200, &body), sent, Some(&scopes()), field, DEFAULT)
+                .unwrap()
+                .token
+                .expires_at
+        };
+        assert_eq!(read(ExpiryField::ExpiresIn), sent + 100);
+        assert_eq!(read(ExpiryField::ExpiresAt), sent + 50);
+        assert_eq!(read(ExpiryField::Auto), sent + 50, "the earlier of the two");
+    }
 }

@@ -218,3 +218,65 @@ pub fn error_info(status: &tonic::Status) -> tonic_types::ErrorInfo {
         .cloned()
         .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
 }
+
+/// The MoneyKit application the sandbox registers in [`start_upstream_with_moneykit`].
+pub const MONEYKIT_CLIENT_ID: &str = "mk_test_5c739a369515e10fc9e0";
+pub const MONEYKIT_SECRET: &str = "mk-secret:with/odd=chars";
+
+/// A sandbox that also knows the MoneyKit test application.
+pub async fn start_upstream_with_moneykit() -> Arc<DemoUpstream> {
+    start_upstream_with(|client| {
+        let mut options = SandboxOptions::new(vec![client]);
+        options.moneykit_clients = vec![bankauth::sandbox::MoneykitClient {
+            client_id: MONEYKIT_CLIENT_ID.into(),
+            client_secret: MONEYKIT_SECRET.into(),
+        }];
+        options
+    })
+    .await
+}
+
+/// A `kind = "moneykit"` provider pointing at the sandbox.
+pub fn moneykit_config(
+    upstream: &DemoUpstream,
+    auth: bankauth::config::ClientAuthMethod,
+) -> bankauth::config::ProviderConfig {
+    let mut config = bankauth::config::ProviderConfig::new(
+        bankauth::config::ProviderKind::Moneykit,
+        MONEYKIT_CLIENT_ID,
+    );
+    config.base_url = Some(upstream.sandbox.moneykit_url());
+    config.client_auth = Some(auth);
+    config.client_secret = Some(SecretString::from(MONEYKIT_SECRET));
+    config.application_scopes = vec!["accounts:read".into(), "transactions:read".into()];
+    config
+}
+
+/// Walks the sandbox's authorization endpoint as a browser would and
+/// returns the code from the redirect.
+pub async fn authorization_code(upstream: &DemoUpstream, params: &[(&str, &str)]) -> String {
+    let mut url = upstream.sandbox.authorization_url();
+    url.query_pairs_mut()
+        .append_pair("client_id", bankauth::demo::DEMO_CLIENT_ID)
+        .append_pair("response_type", "code")
+        .extend_pairs(params);
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    let location: url::Url = response.headers()["location"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    location
+        .query_pairs()
+        .find(|(name, _)| name == "code")
+        .map(|(_, code)| code.into_owned())
+        .expect("a code in the redirect")
+}

@@ -1,7 +1,9 @@
 //! Integration tests: one binary, one module per area, over real sockets.
 
 mod cache;
+mod code_exchange;
 mod helpers;
+mod providers;
 mod server;
 mod tokens;
 mod upstream_errors;

@@ -109,3 +109,17 @@ fn a_key_that_is_not_a_key_is_named_at_startup() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("providers.mh.private_key"), "{stderr}");
 }
+
+#[test]
+fn the_readme_configuration_is_valid() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```toml\n")
+        .expect("a TOML example in the README")
+        + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let config = bankauth::config::Config::from_toml(&readme[start..end])
+        .unwrap_or_else(|e| panic!("the README's configuration does not parse: {e}"));
+    let kinds: Vec<_> = config.providers.values().map(|p| p.kind.as_str()).collect();
+    assert_eq!(kinds, ["moneyhub", "moneykit", "oauth2"]);
+}

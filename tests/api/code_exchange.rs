@@ -1,0 +1,272 @@
+//! The authorization-code exchange and refresh: validated token sets, and
+//! each way an ID token or a code can be wrong.
+
+use bankauth::proto::v1 as pb;
+use bankauth::sandbox::IdTokenFault;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+use crate::helpers::{TestApp, authorization_code, error_info, spawn_app};
+
+const REDIRECT_URI: &str = "https://app.example.com/callback";
+const VERIFIER: &str = "dBjftJeZ4CVP-mJ92K9lZ2rd5O_tL0eWeWXnN0ZD1TbZLcZ5eL8gQSwV";
+
+/// A code for `sub`, obtained with nonce "n-1" and a PKCE challenge.
+async fn code_for(app: &TestApp, sub: &str) -> String {
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes()));
+    authorization_code(
+        &app.upstream,
+        &[
+            ("redirect_uri", REDIRECT_URI),
+            ("scope", "openid id:1ffe704d"),
+            ("state", "s-1"),
+            ("nonce", "n-1"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("sub", sub),
+        ],
+    )
+    .await
+}
+
+fn exchange(code: &str) -> pb::ExchangeAuthorizationCodeRequest {
+    pb::ExchangeAuthorizationCodeRequest {
+        provider: String::new(),
+        code: code.into(),
+        redirect_uri: REDIRECT_URI.into(),
+        code_verifier: VERIFIER.into(),
+        nonce: "n-1".into(),
+        sub: String::new(),
+    }
+}
+
+async fn exchange_status(
+    app: &mut TestApp,
+    request: pb::ExchangeAuthorizationCodeRequest,
+) -> tonic::Status {
+    app.client
+        .exchange_authorization_code(request)
+        .await
+        .unwrap_err()
+}
+
+fn assert_id_token_check(status: &tonic::Status, check: &str) {
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let info = error_info(status);
+    assert_eq!(info.reason, "ID_TOKEN_INVALID");
+    assert_eq!(info.metadata["check"], check, "{}", status.message());
+}
+
+#[tokio::test]
+async fn a_code_exchanges_for_a_validated_token_set() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    let code = code_for(&app, &user).await;
+    let mut request = exchange(&code);
+    request.sub = user.clone();
+    let set = app
+        .client
+        .exchange_authorization_code(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap();
+    assert!(!set.access_token.is_empty());
+    assert!(!set.id_token.is_empty());
+    assert!(!set.refresh_token.is_empty());
+    assert_eq!(set.token_type, "Bearer");
+    assert_eq!(set.scopes, ["id:1ffe704d", "openid"]);
+    let claims = set.id_token_claims.unwrap();
+    assert_eq!(claims.sub, user);
+    assert!(
+        claims.connection_id.contains(':'),
+        "{}",
+        claims.connection_id
+    );
+    assert!(claims.auth_time.is_some());
+}
+
+#[tokio::test]
+async fn a_code_is_single_use() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    app.client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap();
+    let status = exchange_status(&mut app, exchange(&code)).await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_grant"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_code_verifier_or_redirect_uri_is_refused_by_the_provider() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    let mut request = exchange(&code);
+    request.code_verifier = "x".repeat(43);
+    let status = exchange_status(&mut app, request).await;
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_grant"
+    );
+
+    let code = code_for(&app, "someone").await;
+    let mut request = exchange(&code);
+    request.redirect_uri = "https://evil.example.com/callback".into();
+    let status = exchange_status(&mut app, request).await;
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_grant"
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_id_token_fails_the_signature_check() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    app.sandbox().fault_next_id_token(IdTokenFault::Tampered);
+    assert_id_token_check(
+        &exchange_status(&mut app, exchange(&code)).await,
+        "signature",
+    );
+}
+
+#[tokio::test]
+async fn an_id_token_for_another_client_fails_the_audience_check() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    app.sandbox()
+        .fault_next_id_token(IdTokenFault::Audience("another-client"));
+    assert_id_token_check(&exchange_status(&mut app, exchange(&code)).await, "aud");
+}
+
+#[tokio::test]
+async fn a_wrong_nonce_fails_the_nonce_check() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    let mut request = exchange(&code);
+    request.nonce = "n-2".into();
+    assert_id_token_check(&exchange_status(&mut app, request).await, "nonce");
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refetches_the_jwks_once_so_rotation_works() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    app.client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap();
+
+    // The provider rotates its key: the cached JWKS no longer has the kid.
+    app.sandbox().rotate_signing_key().unwrap();
+    let code = code_for(&app, "someone").await;
+    let set = app
+        .client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap();
+    assert_eq!(
+        set.into_inner()
+            .token_set
+            .unwrap()
+            .id_token_claims
+            .unwrap()
+            .sub,
+        "someone"
+    );
+
+    // A key the JWKS does not publish even after refetching is refused.
+    let code = code_for(&app, "someone").await;
+    app.sandbox()
+        .fault_next_id_token(IdTokenFault::UnpublishedKey);
+    assert_id_token_check(&exchange_status(&mut app, exchange(&code)).await, "kid");
+}
+
+#[tokio::test]
+async fn a_refresh_token_yields_a_new_validated_set_once() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    let first = app
+        .client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap();
+    let refresh = |token: &str| pb::RefreshTokenRequest {
+        provider: String::new(),
+        refresh_token: token.into(),
+    };
+    let second = app
+        .client
+        .refresh_token(refresh(&first.refresh_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap();
+    assert_ne!(second.access_token, first.access_token);
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_eq!(second.id_token_claims.unwrap().sub, "someone");
+
+    let status = app
+        .client
+        .refresh_token(refresh(&first.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_grant"
+    );
+}
+
+#[tokio::test]
+async fn exchange_inputs_are_validated_before_spending_the_code() {
+    let mut app = spawn_app().await;
+    let cases = [
+        (
+            pb::ExchangeAuthorizationCodeRequest {
+                code: String::new(),
+                ..exchange("c")
+            },
+            "code",
+        ),
+        (
+            pb::ExchangeAuthorizationCodeRequest {
+                redirect_uri: "not a url".into(),
+                ..exchange("c")
+            },
+            "redirect_uri",
+        ),
+        (
+            pb::ExchangeAuthorizationCodeRequest {
+                code_verifier: "short".into(),
+                ..exchange("c")
+            },
+            "code_verifier",
+        ),
+        (
+            pb::ExchangeAuthorizationCodeRequest {
+                sub: "a/b".into(),
+                ..exchange("c")
+            },
+            "sub",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = exchange_status(&mut app, request).await;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(error_info(&status).metadata["field"], field);
+    }
+    assert_eq!(app.sandbox().token_requests(), 0);
+}
