@@ -1,5 +1,7 @@
 //! Logging. `RUST_LOG` filters (default `info`); logs go to stderr so that
-//! stdout stays free for what the demo prints.
+//! stdout stays free for what the demo prints, coloured only on a terminal.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,5 +10,6 @@ pub fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

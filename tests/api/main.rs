@@ -2,7 +2,9 @@
 
 mod cache;
 mod code_exchange;
+mod grpcurl;
 mod helpers;
+mod process;
 mod providers;
 mod server;
 mod tokens;
