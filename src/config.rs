@@ -15,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::provider::SigningAlgorithm;
+use crate::telemetry::LogFormat;
 
 /// The prefix of environment variables that override the file.
 pub const ENV_PREFIX: &str = "BANKAUTH_";
@@ -45,6 +46,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Providers by the name callers use in the `provider` request field.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -69,6 +72,16 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 20_000,
         }
     }
+}
+
+/// Logs and metrics. Traces are configured by the standard `OTEL_*`
+/// environment variables, as every OpenTelemetry SDK is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// Where Prometheus scrapes `/metrics`; off when unset.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

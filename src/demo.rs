@@ -64,6 +64,7 @@ impl DemoUpstream {
         let mut config = Config {
             server: Default::default(),
             cache: Default::default(),
+            telemetry: Default::default(),
             providers: BTreeMap::from([(DEMO_PROVIDER.to_owned(), self.provider_config())]),
         };
         config.server.listen_addr = listen_addr;

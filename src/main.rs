@@ -7,7 +7,10 @@ use bankauth::demo::{DemoUpstream, banner};
 use bankauth::provider::Providers;
 use bankauth::sandbox::SandboxOptions;
 use bankauth::server::{Application, shutdown_signal};
+use bankauth::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// gRPC auth service for open-banking APIs.
 #[derive(Parser)]
@@ -35,15 +38,23 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Ask a running bankauth for its gRPC health; exit 0 when SERVING (for container health checks).
+    Health {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: SocketAddr,
+        /// The health service to check: "" (readiness) or "liveness".
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    bankauth::telemetry::init();
     let result = match Cli::parse().command {
         Command::Serve { config } => serve(config).await,
         Command::Demo { listen } => demo(listen).await,
         Command::CheckConfig { config } => check_config(config),
+        Command::Health { addr, service } => health(addr, service).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,12 +66,15 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
-    let app = Application::build(Config::load(path.as_deref())?).await?;
-    tracing::info!(addr = %app.local_addr(), "bankauth listening");
+    let config = Config::load(path.as_deref())?;
+    let _telemetry = telemetry::init(config.telemetry.log_format);
+    let app = Application::build(config).await?;
+    tracing::info!(addr = %app.local_addr(), metrics = ?app.metrics_addr(), "bankauth listening");
     Ok(app.run_until_stopped(shutdown_signal()).await?)
 }
 
 async fn demo(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let _telemetry = telemetry::init(LogFormat::Text);
     let upstream = DemoUpstream::start(|client| SandboxOptions::new(vec![client])).await?;
     let app = Application::build(upstream.config(listen)).await?;
     println!("{}", banner(app.local_addr()));
@@ -75,4 +89,23 @@ fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>>
         config.providers.len()
     );
     Ok(())
+}
+
+async fn health(addr: SocketAddr, service: String) -> Result<(), Box<dyn std::error::Error>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest { service })
+        .await?
+        .into_inner()
+        .status();
+    if status == ServingStatus::Serving {
+        println!("SERVING");
+        Ok(())
+    } else {
+        Err(format!("{status:?}").into())
+    }
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::api::{AuthApi, AuthServiceServer};
 use crate::cache::{Cache, CacheError};
@@ -17,6 +19,7 @@ use crate::config::{Config, ConfigError, ServerConfig};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::provider::{Providers, SetupError};
 use crate::service::AuthService;
+use crate::telemetry::{Metrics, metrics};
 
 /// Bound on a decoded request. The largest valid request is a few kB; this
 /// leaves room while keeping hostile payloads cheap to refuse.
@@ -31,9 +34,10 @@ pub enum StartupError {
     Provider(#[from] SetupError),
     #[error("cannot use Redis at cache.redis_url: {0}")]
     Redis(#[source] CacheError),
-    #[error("cannot listen on {addr} (server.listen_addr): {source}")]
+    #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: SocketAddr,
+        key: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -43,12 +47,21 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// How often readiness re-checks Redis.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+/// The health service name the liveness probe checks: SERVING while the
+/// process runs, whatever Redis or the providers are doing.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// A configured bankauth, listening but not yet serving.
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     service: Arc<AuthService>,
     /// Kept to re-run discovery on SIGHUP.
     providers: Providers,
+    cache: Cache,
+    metrics: Arc<Metrics>,
     server: ServerConfig,
 }
 
@@ -57,27 +70,34 @@ impl Application {
     /// configured) and binds the listen address. Every failure names its cause.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
-        let providers = Providers::connect(&config).await?;
+        let metrics = Arc::new(Metrics::default());
+        let providers = Providers::connect(&config, metrics.clone()).await?;
         let cache = Cache::connect(
             config.cache.redis_url.as_ref(),
             Duration::from_millis(config.cache.redis_timeout_ms),
             config.cache.max_entries,
+            metrics.clone(),
         )
         .await
         .map_err(StartupError::Redis)?;
         let service = Arc::new(AuthService::new(
             providers.clone(),
-            cache,
+            cache.clone(),
             config.safety_margin(),
+            metrics.clone(),
         ));
-        let addr = config.server.listen_addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = bind(config.server.listen_addr, "server.listen_addr").await?;
+        let metrics_listener = match config.telemetry.metrics_addr {
+            Some(addr) => Some(bind(addr, "telemetry.metrics_addr").await?),
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             service,
             providers,
+            cache,
+            metrics,
             server: config.server,
         })
     }
@@ -89,6 +109,13 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The bound metrics address, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// Serves until `shutdown` completes, then reports NOT_SERVING, stops
     /// accepting, and lets in-flight RPCs finish within the grace period.
     pub async fn run_until_stopped(
@@ -96,7 +123,19 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<AuthServiceServer<AuthApi>>().await;
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        // Background tasks, stopped when this function returns.
+        let readiness = AbortOnDrop(tokio::spawn(track_readiness(
+            health.clone(),
+            self.cache.clone(),
+        )));
+        let _metrics_server = self
+            .metrics_listener
+            .map(|listener| AbortOnDrop(metrics::serve(listener, self.metrics.clone())));
+        let _reload = AbortOnDrop(tokio::spawn(rediscover_on_sighup(self.providers)));
+
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -104,7 +143,7 @@ impl Application {
                 // So grpcurl can decode the google.rpc error details we send.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let auth = AuthServiceServer::new(AuthApi::new(self.service))
+        let auth = AuthServiceServer::new(AuthApi::new(self.service, self.metrics))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -116,18 +155,18 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
                 stopped.await.ok();
             });
-        let reload = tokio::spawn(rediscover_on_sighup(self.providers));
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return Ok(result?),
             () = shutdown => {}
         }
-        reload.abort();
         tracing::info!("shutting down: no new RPCs, draining in-flight ones");
-        health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
+        // Readiness must not flip back to SERVING while draining.
+        readiness.0.abort();
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
         let _ = stop_accepting.send(());
         let grace = Duration::from_millis(self.server.shutdown_grace_ms);
         match tokio::time::timeout(grace, server).await {
@@ -137,6 +176,46 @@ impl Application {
                 Ok(())
             }
         }
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, key, source })
+}
+
+/// Stops a background task when the owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Readiness (the overall health status and AuthService's): SERVING while
+/// the cache can serve, so a replica that lost Redis leaves the load balancer.
+async fn track_readiness(health: HealthReporter, cache: Cache) {
+    let mut ready = None;
+    loop {
+        let now_ready = cache.is_ready().await;
+        if ready != Some(now_ready) {
+            let status = if now_ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(<AuthServiceServer<AuthApi> as NamedService>::NAME, status)
+                .await;
+            if ready.is_some() {
+                tracing::warn!(ready = now_ready, "readiness changed");
+            }
+            ready = Some(now_ready);
+        }
+        tokio::time::sleep(READINESS_INTERVAL).await;
     }
 }
 

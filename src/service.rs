@@ -12,6 +12,7 @@ use crate::provider::{
     Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers, SCIM_READ_SCOPE,
     SCIM_WRITE_SCOPE, WIDGET_SCOPE,
 };
+use crate::telemetry::Metrics;
 
 /// Why a request failed. Mapped to a gRPC status in `api::status`, only there.
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +84,21 @@ pub struct AuthService {
     providers: Providers,
     cache: Cache,
     safety_margin: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthService {
-    pub fn new(providers: Providers, cache: Cache, safety_margin: Duration) -> Self {
+    pub fn new(
+        providers: Providers,
+        cache: Cache,
+        safety_margin: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             providers,
             cache,
             safety_margin,
+            metrics,
         }
     }
 
@@ -321,6 +329,7 @@ impl AuthService {
             .request_token(sub, scopes)
             .await
             .map_err(|source| provider_error(provider, source))?;
+        self.metrics.token_issued(provider.name());
         let ttl_ms = token.expires_at * 1000 - margin_ms - now_millis();
         if ttl_ms > 0 {
             self.cache

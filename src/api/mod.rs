@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, Span, field};
 
 use crate::domain::{ScopeSet, UserId, code_verifier, opaque_value, redirect_uri};
@@ -17,6 +17,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::provider::Provider;
 use crate::service::{AuthService, CacheOutcome, CodeExchange, Error};
+use crate::telemetry::{Metrics, propagation};
 
 /// Longest authorization code accepted; real ones are well under 100 characters.
 const MAX_CODE_LEN: usize = 2048;
@@ -30,11 +31,12 @@ pub use pb::auth_service_server::AuthServiceServer;
 #[derive(Debug, Clone)]
 pub struct AuthApi {
     service: Arc<AuthService>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthApi {
-    pub fn new(service: Arc<AuthService>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<AuthService>, metrics: Arc<Metrics>) -> Self {
+        Self { service, metrics }
     }
 
     /// Resolves the request's provider and notes it on the RPC's log line.
@@ -51,8 +53,8 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let request = request.into_inner();
-        observe("CreateUser", async {
+        let (metadata, _, request) = request.into_parts();
+        self.observe(&metadata, "CreateUser", async {
             let provider = self.provider(&request.provider)?;
             let new_user = convert::new_user(&request)?;
             let user = self.service.create_user(&provider, &new_user).await?;
@@ -67,8 +69,8 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
-        let request = request.into_inner();
-        observe("GetUser", async {
+        let (metadata, _, request) = request.into_parts();
+        self.observe(&metadata, "GetUser", async {
             let provider = self.provider(&request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
             let user = self.service.get_user(&provider, &user_id).await?;
@@ -83,8 +85,8 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::IssueWidgetTokenRequest>,
     ) -> Result<Response<pb::IssueWidgetTokenResponse>, Status> {
-        let request = request.into_inner();
-        observe("IssueWidgetToken", async {
+        let (metadata, _, request) = request.into_parts();
+        self.observe(&metadata, "IssueWidgetToken", async {
             let provider = self.provider(&request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
             let (token, outcome) = self.service.issue_widget_token(&provider, &user_id).await?;
@@ -100,8 +102,8 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::IssueDataTokenRequest>,
     ) -> Result<Response<pb::IssueDataTokenResponse>, Status> {
-        let request = request.into_inner();
-        observe("IssueDataToken", async {
+        let (metadata, _, request) = request.into_parts();
+        self.observe(&metadata, "IssueDataToken", async {
             let provider = self.provider(&request.provider)?;
             let user_id = optional(&request.user_id, |v| UserId::parse("user_id", v))?;
             let scopes = ScopeSet::parse("scopes", &request.scopes)?;
@@ -121,8 +123,8 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::ExchangeAuthorizationCodeRequest>,
     ) -> Result<Response<pb::ExchangeAuthorizationCodeResponse>, Status> {
-        let request = request.into_inner();
-        observe("ExchangeAuthorizationCode", async {
+        let (metadata, _, request) = request.into_parts();
+        self.observe(&metadata, "ExchangeAuthorizationCode", async {
             let provider = self.provider(&request.provider)?;
             let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
             let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
@@ -150,8 +152,8 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::RefreshTokenRequest>,
     ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
-        let request = request.into_inner();
-        observe("RefreshToken", async {
+        let (metadata, _, request) = request.into_parts();
+        self.observe(&metadata, "RefreshToken", async {
             let provider = self.provider(&request.provider)?;
             let refresh_token = opaque_value(
                 "refresh_token",
@@ -183,32 +185,75 @@ fn record_cache(outcome: CacheOutcome) {
     Span::current().record("cache", outcome.as_str());
 }
 
-/// Runs one RPC inside its span and logs one line when it ends: method,
-/// provider, cache outcome, gRPC code and latency. Never the request body.
-async fn observe<T>(
-    method: &'static str,
-    handler: impl Future<Output = Result<T, Error>>,
-) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!("rpc", method, provider = field::Empty, cache = field::Empty);
-    let started = Instant::now();
-    let result = handler.instrument(span.clone()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let _entered = span.enter();
-    match result {
-        Ok(response) => {
-            tracing::info!(code = "OK", latency_ms, "rpc finished");
-            Ok(Response::new(response))
+impl AuthApi {
+    /// Runs one RPC inside its span (continuing the caller's W3C trace) and
+    /// ends it with one log line and its metrics: method, provider, cache
+    /// outcome, gRPC code, latency, trace id. Never the request body.
+    async fn observe<T>(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        method: &'static str,
+        handler: impl Future<Output = Result<T, Error>>,
+    ) -> Result<Response<T>, Status> {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = format!("bankauth.v1.AuthService/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            method,
+            provider = field::Empty,
+            cache = field::Empty,
+            code = field::Empty,
+            trace_id = field::Empty,
+        );
+        if let Some(trace_id) = propagation::continue_trace(&span, metadata) {
+            span.record("trace_id", trace_id);
         }
-        Err(error) => {
-            let status = Status::from(error);
-            let code = format!("{:?}", status.code());
-            match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Internal => {
-                    tracing::warn!(code, latency_ms, error = status.message(), "rpc failed")
-                }
-                _ => tracing::info!(code, latency_ms, error = status.message(), "rpc failed"),
+        let started = Instant::now();
+        let result = handler.instrument(span.clone()).await;
+        let elapsed = started.elapsed();
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let (code, result) = match result {
+            Ok(response) => (Code::Ok, Ok(Response::new(response))),
+            Err(error) => {
+                let status = Status::from(error);
+                (status.code(), Err(status))
             }
-            Err(status)
+        };
+        let code_name = code_name(code);
+        span.record("code", code_name);
+        self.metrics.rpc(method, code_name, elapsed);
+        let _entered = span.enter();
+        match &result {
+            Ok(_) => tracing::info!(latency_ms, "rpc finished"),
+            Err(status) if matches!(code, Code::Unavailable | Code::Internal | Code::Unknown) => {
+                tracing::warn!(latency_ms, error = status.message(), "rpc failed")
+            }
+            Err(status) => tracing::info!(latency_ms, error = status.message(), "rpc failed"),
         }
+        result
+    }
+}
+
+/// The canonical gRPC code names, as metrics and logs label them.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

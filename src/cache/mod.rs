@@ -7,12 +7,14 @@
 mod memory;
 mod redis_store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{AccessToken, ScopeSet, UserId};
+use crate::telemetry::Metrics;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
@@ -73,11 +75,18 @@ pub enum CacheError {
     Corrupt,
 }
 
-/// The configured cache backend.
+/// Where entries live: Redis when configured, else this process.
 #[derive(Debug, Clone)]
-pub enum Cache {
+enum Store {
     Memory(MemoryStore),
     Redis(RedisStore),
+}
+
+/// The token cache, counting lookups by tier and Redis failures.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    store: Store,
+    metrics: Arc<Metrics>,
 }
 
 impl Cache {
@@ -87,80 +96,99 @@ impl Cache {
         redis_url: Option<&SecretString>,
         timeout: Duration,
         max_entries: u64,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, CacheError> {
-        match redis_url {
-            Some(url) => Ok(Self::Redis(
-                RedisStore::connect(url.expose_secret(), timeout).await?,
-            )),
-            None => Ok(Self::Memory(MemoryStore::new(max_entries))),
-        }
+        let store = match redis_url {
+            Some(url) => Store::Redis(RedisStore::connect(url.expose_secret(), timeout).await?),
+            None => Store::Memory(MemoryStore::new(max_entries)),
+        };
+        Ok(Self { store, metrics })
     }
 
-    /// The cached token, if one is stored and still valid.
+    /// The cached token, if one is stored.
     pub async fn get_token(&self, key: &TokenKey) -> Option<AccessToken> {
-        let result = match self {
-            Self::Memory(store) => Ok(store.get_token(key)),
-            Self::Redis(store) => store.get_token(key).await,
+        let (tier, token) = match &self.store {
+            Store::Memory(store) => ("memory", store.get_token(key)),
+            Store::Redis(store) => {
+                let token = store.get_token(key).await;
+                (
+                    "redis",
+                    self.report(token, "token cache read failed; asking the provider")
+                        .flatten(),
+                )
+            }
         };
-        result.unwrap_or_else(|error| {
-            tracing::warn!(%error, "token cache read failed; asking the provider");
-            None
-        })
+        self.metrics.cache_lookup(tier, token.is_some());
+        token
     }
 
     /// Stores a token for `ttl`.
     pub async fn put_token(&self, key: &TokenKey, token: &AccessToken, ttl: Duration) {
-        let result = match self {
-            Self::Memory(store) => {
-                store.put_token(key, token, ttl);
-                Ok(())
+        match &self.store {
+            Store::Memory(store) => store.put_token(key, token, ttl),
+            Store::Redis(store) => {
+                let written = store.put_token(key, token, ttl).await;
+                self.report(
+                    written,
+                    "token cache write failed; the token is served uncached",
+                );
             }
-            Self::Redis(store) => store.put_token(key, token, ttl).await,
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "token cache write failed; the token is served uncached");
         }
     }
 
     /// The provider's id for a user this service created, if remembered.
     pub async fn remembered_user(&self, key: &UserKey) -> Option<String> {
-        let result = match self {
-            Self::Memory(store) => Ok(store.remembered_user(key)),
-            Self::Redis(store) => store.remembered_user(key).await,
-        };
-        result.unwrap_or_else(|error| {
-            tracing::warn!(%error, "user id lookup failed");
-            None
-        })
+        match &self.store {
+            Store::Memory(store) => store.remembered_user(key),
+            Store::Redis(store) => {
+                let id = store.remembered_user(key).await;
+                self.report(id, "user id lookup failed").flatten()
+            }
+        }
     }
 
     /// Remembers the id of a user this service created, so a retried
     /// CreateUser returns that user instead of failing.
     pub async fn remember_user(&self, key: &UserKey, user_id: &str) {
-        let result = match self {
-            Self::Memory(store) => {
-                store.remember_user(key, user_id);
-                Ok(())
+        match &self.store {
+            Store::Memory(store) => store.remember_user(key, user_id),
+            Store::Redis(store) => {
+                let written = store.remember_user(key, user_id).await;
+                self.report(
+                    written,
+                    "could not remember a created user's id; a retry will see ALREADY_EXISTS",
+                );
             }
-            Self::Redis(store) => store.remember_user(key, user_id).await,
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "could not remember a created user's id; a retry will see ALREADY_EXISTS");
         }
     }
 
     /// Forgets a remembered user that no longer exists at the provider.
     pub async fn forget_user(&self, key: &UserKey) {
-        let result = match self {
-            Self::Memory(store) => {
-                store.forget_user(key);
-                Ok(())
+        match &self.store {
+            Store::Memory(store) => store.forget_user(key),
+            Store::Redis(store) => {
+                let deleted = store.forget_user(key).await;
+                self.report(deleted, "could not forget a deleted user's id");
             }
-            Self::Redis(store) => store.forget_user(key).await,
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "could not forget a deleted user's id");
         }
+    }
+
+    /// Whether the cache can serve: always in process; Redis must answer PING.
+    pub async fn is_ready(&self) -> bool {
+        match &self.store {
+            Store::Memory(_) => true,
+            Store::Redis(store) => store.ping().await.is_ok(),
+        }
+    }
+
+    /// Redis failures never reach callers: they are counted and logged here.
+    fn report<T>(&self, result: Result<T, CacheError>, consequence: &str) -> Option<T> {
+        result
+            .inspect_err(|error| {
+                self.metrics.redis_error();
+                tracing::warn!(%error, "{consequence}");
+            })
+            .ok()
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::Instrument;
 
 use super::{CacheError, TokenKey, UserKey};
 use crate::domain::AccessToken;
@@ -37,7 +38,12 @@ impl RedisStore {
     }
 
     pub async fn get_token(&self, key: &TokenKey) -> Result<Option<AccessToken>, CacheError> {
-        let value: Option<Vec<u8>> = self.connection.clone().get(key.as_str()).await?;
+        let value: Option<Vec<u8>> = self
+            .connection
+            .clone()
+            .get(key.as_str())
+            .instrument(span("GET"))
+            .await?;
         value
             .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| CacheError::Corrupt))
             .transpose()
@@ -55,12 +61,18 @@ impl RedisStore {
             .connection
             .clone()
             .pset_ex(key.as_str(), value, ttl_ms)
+            .instrument(span("SET"))
             .await?;
         Ok(())
     }
 
     pub async fn remembered_user(&self, key: &UserKey) -> Result<Option<String>, CacheError> {
-        Ok(self.connection.clone().get(key.as_str()).await?)
+        Ok(self
+            .connection
+            .clone()
+            .get(key.as_str())
+            .instrument(span("GET"))
+            .await?)
     }
 
     pub async fn remember_user(&self, key: &UserKey, user_id: &str) -> Result<(), CacheError> {
@@ -68,12 +80,38 @@ impl RedisStore {
             .connection
             .clone()
             .set_ex(key.as_str(), user_id, REMEMBERED_USER_TTL.as_secs())
+            .instrument(span("SET"))
             .await?;
         Ok(())
     }
 
     pub async fn forget_user(&self, key: &UserKey) -> Result<(), CacheError> {
-        let _: () = self.connection.clone().del(key.as_str()).await?;
+        let _: () = self
+            .connection
+            .clone()
+            .del(key.as_str())
+            .instrument(span("DEL"))
+            .await?;
         Ok(())
     }
+
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.connection.clone())
+            .instrument(span("PING"))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A client span for one Redis command (key names are hashes, but are
+/// still left out).
+fn span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "redis",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = "redis",
+        db.operation = operation,
+    )
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::ProviderError;
-use super::http::Answer;
+use super::http::Upstream;
 use crate::config::{ProviderConfig, join_path};
 
 /// A provider's endpoints, as configured or discovered.
@@ -27,7 +27,7 @@ struct DiscoveryDocument {
 
 /// Resolves the endpoints: discovery when only an issuer is configured.
 pub async fn resolve(
-    http: &reqwest::Client,
+    upstream: &Upstream,
     config: &ProviderConfig,
 ) -> Result<Endpoints, ProviderError> {
     let issuer = config
@@ -45,7 +45,7 @@ pub async fn resolve(
         .issuer
         .as_ref()
         .ok_or_else(|| ProviderError::unavailable("neither token_url nor issuer is configured"))?;
-    let document = fetch_document(http, issuer_url).await?;
+    let document = fetch_document(upstream, issuer_url).await?;
     // OpenID Connect Discovery §4.3: the document must name the issuer it was fetched for.
     if document.issuer.trim_end_matches('/') != issuer_url.as_str().trim_end_matches('/') {
         return Err(ProviderError::unavailable(format!(
@@ -61,16 +61,11 @@ pub async fn resolve(
 }
 
 async fn fetch_document(
-    http: &reqwest::Client,
+    upstream: &Upstream,
     issuer: &Url,
 ) -> Result<DiscoveryDocument, ProviderError> {
     let url = join_path(issuer, ".well-known/openid-configuration");
-    let response = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| ProviderError::from_transport(&e))?;
-    let answer = Answer::read(response).await?;
+    let answer = upstream.send(upstream.client.get(url), "discovery").await?;
     if !answer.is_success() {
         return Err(answer.unexpected());
     }

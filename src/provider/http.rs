@@ -1,13 +1,76 @@
-//! What every upstream HTTP exchange shares: bounded bodies, JSON content
-//! types, and the reading of rate-limit answers.
+//! What every upstream HTTP exchange shares: a client span with the W3C
+//! trace context passed on, a metric, bounded bodies, JSON content types,
+//! and the reading of rate-limit answers.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
+use tracing::Instrument;
+
 use super::ProviderError;
+use crate::telemetry::Metrics;
+use crate::telemetry::propagation;
+
+/// One provider's HTTP client, shared by its token, SCIM, discovery and
+/// JWKS calls.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub client: reqwest::Client,
+    pub provider: String,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    /// Sends `request` and reads the whole (bounded) answer. `endpoint`
+    /// names the call in spans and metrics: token, scim, discovery, jwks.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        endpoint: &'static str,
+    ) -> Result<Answer, ProviderError> {
+        let mut request = request
+            .build()
+            .map_err(|_| ProviderError::unavailable("cannot build the request"))?;
+        let span = tracing::info_span!(
+            "upstream",
+            otel.name = format!("{} {endpoint}", request.method()),
+            otel.kind = "client",
+            provider = %self.provider,
+            endpoint,
+            http.request.method = %request.method(),
+            server.address = request.url().host_str().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = async {
+            propagation::inject_current(request.headers_mut());
+            let response = self
+                .client
+                .execute(request)
+                .await
+                .map_err(|e| ProviderError::from_transport(&e))?;
+            tracing::Span::current()
+                .record("http.response.status_code", response.status().as_u16());
+            Answer::read(response).await
+        }
+        .instrument(span)
+        .await;
+        let outcome = match &result {
+            Ok(answer) if answer.is_success() => "ok",
+            Ok(answer) if answer.status == 429 => "rate_limited",
+            Ok(answer) if answer.status >= 500 => "server_error",
+            Ok(_) => "client_error",
+            Err(_) => "unavailable",
+        };
+        self.metrics
+            .upstream(&self.provider, endpoint, outcome, started.elapsed());
+        result
+    }
+}
 
 /// Largest upstream body read. Token and SCIM answers are a few kB; anything
 /// far larger is a misbehaving upstream, not data worth buffering.

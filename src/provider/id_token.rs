@@ -11,7 +11,7 @@ use url::Url;
 
 use super::ProviderError;
 use super::discovery::Endpoints;
-use super::http::Answer;
+use super::http::Upstream;
 
 /// Clock skew tolerated on `exp`, in seconds.
 const LEEWAY_SECS: u64 = 30;
@@ -76,7 +76,7 @@ pub struct IdTokenClaims {
 /// Validates one provider's ID tokens.
 #[derive(Debug)]
 pub struct IdTokenVerifier {
-    pub(super) http: reqwest::Client,
+    pub(super) upstream: Upstream,
     pub(super) client_id: String,
     pub(super) jwks: RwLock<Option<JwkSet>>,
 }
@@ -145,13 +145,8 @@ impl IdTokenVerifier {
     }
 
     async fn fetch(&self, jwks_url: &Url) -> Result<JwkSet, ProviderError> {
-        let response = self
-            .http
-            .get(jwks_url.clone())
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        let answer = Answer::read(response).await?;
+        let request = self.upstream.client.get(jwks_url.clone());
+        let answer = self.upstream.send(request, "jwks").await?;
         if !answer.is_success() {
             return Err(answer.unexpected());
         }

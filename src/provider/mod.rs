@@ -25,6 +25,8 @@ pub use token::{Grant, TokenResponse};
 
 use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig, ProviderKind};
 use crate::domain::{AccessToken, Scope, ScopeSet, UserId};
+use crate::telemetry::Metrics;
+use http::Upstream;
 use id_token::IdTokenVerifier;
 pub use scim::ScimClient;
 use token::TokenEndpoint;
@@ -55,7 +57,7 @@ pub struct Provider {
     name: String,
     kind: ProviderKind,
     config: ProviderConfig,
-    http: reqwest::Client,
+    upstream: Upstream,
     /// Swapped as a whole when discovery is re-run.
     endpoints: RwLock<Arc<Endpoints>>,
     token_endpoint: TokenEndpoint,
@@ -87,38 +89,46 @@ impl Provider {
     }
 
     /// Builds the provider, running OpenID discovery when only an issuer is configured.
-    pub async fn connect(name: &str, config: &ProviderConfig) -> Result<Self, SetupError> {
-        let (auth, http) = Self::prepare(name, config)?;
-        let endpoints =
-            discovery::resolve(&http, config)
-                .await
-                .map_err(|source| SetupError::Discovery {
-                    provider: name.to_owned(),
-                    source,
-                })?;
+    pub async fn connect(
+        name: &str,
+        config: &ProviderConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
+        let (auth, client) = Self::prepare(name, config)?;
+        let upstream = Upstream {
+            client,
+            provider: name.to_owned(),
+            metrics,
+        };
+        let endpoints = discovery::resolve(&upstream, config)
+            .await
+            .map_err(|source| SetupError::Discovery {
+                provider: name.to_owned(),
+                source,
+            })?;
         Ok(Self {
             name: name.to_owned(),
             kind: config.kind,
             config: config.clone(),
             endpoints: RwLock::new(Arc::new(endpoints)),
             token_endpoint: TokenEndpoint {
-                http: http.clone(),
+                upstream: upstream.clone(),
                 client_id: config.client_id.clone(),
                 auth,
                 expiry_field: config.expiry_field.unwrap_or(ExpiryField::Auto),
                 default_lifetime: Duration::from_secs(config.default_token_lifetime_secs),
             },
             scim: config.scim_url().map(|base| ScimClient {
-                http: http.clone(),
+                upstream: upstream.clone(),
                 base,
                 content_type: config.scim_content_type.clone(),
             }),
             id_tokens: IdTokenVerifier {
-                http: http.clone(),
+                upstream: upstream.clone(),
                 client_id: config.client_id.clone(),
                 jwks: Default::default(),
             },
-            http,
+            upstream,
             send_sub: config.send_sub(),
             data_scopes: config.data_scopes.iter().cloned().collect(),
             application_scopes: config.application_scopes.iter().cloned().collect(),
@@ -147,7 +157,7 @@ impl Provider {
 
     /// Re-runs discovery; on failure the endpoints in use are kept.
     pub async fn rediscover(&self) -> Result<(), ProviderError> {
-        let endpoints = discovery::resolve(&self.http, &self.config).await?;
+        let endpoints = discovery::resolve(&self.upstream, &self.config).await?;
         *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints);
         Ok(())
     }
@@ -221,13 +231,11 @@ impl Providers {
     }
 
     /// Builds every provider, discovering endpoints where needed.
-    pub async fn connect(config: &Config) -> Result<Self, SetupError> {
+    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
         let mut providers = BTreeMap::new();
         for (name, provider) in &config.providers {
-            providers.insert(
-                name.clone(),
-                Arc::new(Provider::connect(name, provider).await?),
-            );
+            let provider = Provider::connect(name, provider, metrics.clone()).await?;
+            providers.insert(name.clone(), Arc::new(provider));
         }
         Ok(Self(providers))
     }

@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use url::Url;
 
 use super::ProviderError;
-use super::http::Answer;
+use super::http::Upstream;
 use crate::domain::{NewUser, Subtenant, User, UserEmail, UserId};
 
 const CORE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -141,7 +141,7 @@ impl From<ScimUser> for User {
 /// A client of one provider's SCIM users endpoint.
 #[derive(Debug)]
 pub struct ScimClient {
-    pub(super) http: reqwest::Client,
+    pub(super) upstream: Upstream,
     /// The SCIM base, such as `https://identity.moneyhub.co.uk/scim`.
     pub(super) base: Url,
     pub(super) content_type: String,
@@ -152,7 +152,8 @@ impl ScimClient {
         let body = serde_json::to_vec(&ScimUserRequest::new(user))
             .map_err(|_| ProviderError::unavailable("cannot encode the SCIM request"))?;
         let request = self
-            .http
+            .upstream
+            .client
             .post(self.users_url(None))
             .header(CONTENT_TYPE, &self.content_type)
             .body(body);
@@ -160,7 +161,7 @@ impl ScimClient {
     }
 
     pub async fn get_user(&self, bearer: &str, id: &UserId) -> Result<User, ProviderError> {
-        self.send(self.http.get(self.users_url(Some(id))), bearer)
+        self.send(self.upstream.client.get(self.users_url(Some(id))), bearer)
             .await
     }
 
@@ -180,13 +181,10 @@ impl ScimClient {
         request: reqwest::RequestBuilder,
         bearer: &str,
     ) -> Result<User, ProviderError> {
-        let response = request
+        let request = request
             .header(AUTHORIZATION, format!("Bearer {bearer}"))
-            .header(ACCEPT, "application/scim+json, application/json")
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        let answer = Answer::read(response).await?;
+            .header(ACCEPT, "application/scim+json, application/json");
+        let answer = self.upstream.send(request, "scim").await?;
         if answer.is_success() {
             return answer.json::<ScimUser>().map(User::from);
         }

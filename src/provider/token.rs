@@ -13,7 +13,7 @@ use url::form_urlencoded;
 use super::ProviderError;
 use super::client_auth::ClientAuth;
 use super::discovery::Endpoints;
-use super::http::Answer;
+use super::http::{Answer, Upstream};
 use crate::config::ExpiryField;
 use crate::domain::{AccessToken, ScopeSet, UserId};
 
@@ -46,7 +46,7 @@ pub struct TokenResponse {
 /// A client of one provider's token endpoint.
 #[derive(Debug)]
 pub struct TokenEndpoint {
-    pub(super) http: reqwest::Client,
+    pub(super) upstream: Upstream,
     pub(super) client_id: String,
     pub(super) auth: ClientAuth,
     pub(super) expiry_field: ExpiryField,
@@ -64,7 +64,8 @@ impl TokenEndpoint {
         let sent_at = OffsetDateTime::now_utc().unix_timestamp();
         let (form, basic) = self.form(&endpoints, &grant, sent_at)?;
         let mut request = self
-            .http
+            .upstream
+            .client
             .post(endpoints.token_url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
@@ -72,11 +73,7 @@ impl TokenEndpoint {
         if let Some(basic) = basic {
             request = request.header(AUTHORIZATION, basic);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_transport(&e))?;
-        let answer = Answer::read(response).await?;
+        let answer = self.upstream.send(request, "token").await?;
         let requested = match grant {
             Grant::ClientCredentials { scopes, .. } => Some(scopes),
             _ => None,

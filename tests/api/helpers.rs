@@ -20,9 +20,11 @@ use tonic::transport::Channel;
 /// A bankauth serving on loopback; stops when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub client: AuthServiceClient<Channel>,
     pub upstream: Arc<DemoUpstream>,
     stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), bankauth::server::StartupError>>>,
 }
 
 impl Drop for TestApp {
@@ -59,8 +61,9 @@ pub async fn spawn_app_with(
     configure(&mut config);
     let app = Application::build(config).await.expect("bankauth starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async {
+    let server = tokio::spawn(app.run_until_stopped(async {
         stopped.await.ok();
     }));
     let client = AuthServiceClient::connect(format!("http://{addr}"))
@@ -68,13 +71,39 @@ pub async fn spawn_app_with(
         .expect("bankauth accepts connections");
     TestApp {
         addr,
+        metrics_addr,
         client,
         upstream,
         stop: Some(stop),
+        server: Some(server),
     }
 }
 
 impl TestApp {
+    /// Signals shutdown (as SIGTERM does) and waits for the server to finish draining.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task")
+                .expect("a clean shutdown");
+        }
+    }
+
+    /// The Prometheus text the metrics endpoint serves.
+    pub async fn scrape(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics are on");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn sandbox(&self) -> &bankauth::sandbox::Sandbox {
         &self.upstream.sandbox
     }
@@ -164,6 +193,12 @@ impl RedisServer {
         let server = Self { child, port };
         server.wait_until_ready();
         server
+    }
+
+    /// Stops the server (as an outage would); the port stays reserved for `restart`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self) -> SecretString {

@@ -4,6 +4,7 @@ mod cache;
 mod code_exchange;
 mod grpcurl;
 mod helpers;
+mod operations;
 mod process;
 mod providers;
 mod server;

@@ -76,7 +76,11 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
         !listening.contains('\u{1b}'),
         "ANSI codes in piped logs: {listening:?}"
     );
-    let addr = listening.rsplit("addr=").next().unwrap().trim().to_owned();
+    let addr = listening
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .expect("the listening line names the address")
+        .to_owned();
 
     let mut client = bankauth::proto::v1::auth_service_client::AuthServiceClient::connect(format!(
         "http://{addr}"

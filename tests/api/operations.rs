@@ -1,0 +1,206 @@
+//! What an operator relies on: metrics that move, readiness that follows
+//! Redis while liveness does not, and a shutdown that drops no call.
+
+use std::time::Duration;
+
+use bankauth::sandbox::{Endpoint, Fault};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::helpers::{RedisServer, spawn_app_with, start_upstream};
+
+/// The value of the sample of `metric` whose labels include every pair in `labels`.
+fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))
+        })
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        c.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let before = app.scrape().await;
+    assert_eq!(sample(&before, "bankauth_rpc_requests_total", &[]), 0.0);
+
+    let user = app.create_user("customer-1").await;
+    app.widget_token(&user).await.unwrap();
+    app.widget_token(&user).await.unwrap();
+    app.widget_token("not valid").await.unwrap_err();
+    let text = app.scrape().await;
+
+    let rpcs = |method, code| {
+        sample(
+            &text,
+            "bankauth_rpc_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    assert_eq!(rpcs("IssueWidgetToken", "OK"), 2.0);
+    assert_eq!(rpcs("IssueWidgetToken", "INVALID_ARGUMENT"), 1.0);
+    assert_eq!(rpcs("CreateUser", "OK"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "bankauth_rpc_duration_seconds_count",
+            &[("method", "IssueWidgetToken")]
+        ),
+        3.0
+    );
+    let lookups = |outcome| {
+        sample(
+            &text,
+            "bankauth_cache_lookups_total",
+            &[("tier", "memory"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(lookups("hit"), 1.0);
+    // scim_user:write for the create, then the first widget token.
+    assert_eq!(lookups("miss"), 2.0);
+    let upstream = |endpoint| {
+        sample(
+            &text,
+            "bankauth_upstream_requests_total",
+            &[
+                ("provider", "sandbox"),
+                ("endpoint", endpoint),
+                ("outcome", "ok"),
+            ],
+        )
+    };
+    assert_eq!(upstream("token"), 2.0);
+    assert_eq!(upstream("scim"), 1.0);
+    assert_eq!(upstream("discovery"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "bankauth_tokens_issued_total",
+            &[("provider", "sandbox")]
+        ),
+        2.0
+    );
+}
+
+async fn health_status(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+async fn readiness_follows_redis_while_liveness_and_cached_serving_do_not() {
+    let mut redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        c.cache.redis_url = Some(redis.url());
+        c.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let user = app.create_user("customer-1").await;
+    assert_eq!(health_status(app.addr, "").await, ServingStatus::Serving);
+
+    redis.kill();
+    // Readiness re-checks every few seconds; wait for it, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while health_status(app.addr, "").await != ServingStatus::NotServing {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never noticed Redis was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        health_status(app.addr, "bankauth.v1.AuthService").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        health_status(app.addr, "liveness").await,
+        ServingStatus::Serving
+    );
+
+    // Callers are still served, from the provider, and the errors are counted.
+    app.widget_token(&user).await.unwrap();
+    assert!(sample(&app.scrape().await, "bankauth_redis_errors_total", &[]) >= 1.0);
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_calls_finish_and_then_refuses_new_ones() {
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |_| {}).await;
+    let user = app.create_user("customer-1").await;
+    const IN_FLIGHT: usize = 16;
+    for _ in 0..IN_FLIGHT {
+        app.sandbox()
+            .fail_next(Endpoint::Token, Fault::Stall(Duration::from_millis(700)));
+    }
+    // Distinct scope sets, so each call is a miss that waits on the stalled provider.
+    let scope_sets = [
+        vec!["accounts:read"],
+        vec!["transactions:read:all"],
+        vec!["categories:read"],
+        vec!["accounts_details:read"],
+    ];
+    let calls: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let mut client = app.client.clone();
+            let user = if i < 4 {
+                user.clone()
+            } else {
+                format!("{user}{i}")
+            };
+            let scopes = scope_sets[i % 4].iter().map(|s| s.to_string()).collect();
+            tokio::spawn(async move {
+                client
+                    .issue_data_token(bankauth::proto::v1::IssueDataTokenRequest {
+                        provider: String::new(),
+                        user_id: user,
+                        scopes,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    while app.sandbox().token_requests() < 1 + IN_FLIGHT as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.shut_down().await;
+
+    let mut failures = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => {}
+            // Users the sandbox does not know are its answer, not a dropped call.
+            Err(status) if status.code() == Code::InvalidArgument => {}
+            Err(status) => failures.push(status),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "in-flight calls failed during shutdown: {failures:?}"
+    );
+    let after = app.widget_token(&user).await.unwrap_err();
+    assert_eq!(after.code(), Code::Unavailable, "{after:?}");
+}
