@@ -137,6 +137,8 @@ struct State {
     token_requests: AtomicU64,
     scim_requests: AtomicU64,
     moneykit_requests: AtomicU64,
+    /// `traceparent` headers received, to check trace propagation.
+    traceparents: Mutex<Vec<String>>,
 }
 
 impl State {
@@ -146,6 +148,15 @@ impl State {
             .expect("fault queue lock")
             .get_mut(&endpoint)
             .and_then(VecDeque::pop_front)
+    }
+
+    fn record_traceparent(&self, headers: &axum::http::HeaderMap) {
+        if let Some(value) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+            self.traceparents
+                .lock()
+                .expect("traceparents lock")
+                .push(value.to_owned());
+        }
     }
 
     fn signing_key(&self) -> Arc<SigningKey> {
@@ -193,6 +204,7 @@ impl Sandbox {
             token_requests: AtomicU64::new(0),
             scim_requests: AtomicU64::new(0),
             moneykit_requests: AtomicU64::new(0),
+            traceparents: Mutex::default(),
         });
         let app = Router::new()
             .route(
@@ -250,6 +262,15 @@ impl Sandbox {
     pub fn rotate_signing_key(&self) -> std::io::Result<()> {
         *self.state.signing_key.write().expect("signing key lock") = Arc::new(new_signing_key()?);
         Ok(())
+    }
+
+    /// The W3C `traceparent` headers the token and SCIM endpoints received.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.state
+            .traceparents
+            .lock()
+            .expect("traceparents lock")
+            .clone()
     }
 
     /// Requests received at MoneyKit's token endpoint.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use axum::Form;
 use axum::Json;
 use axum::extract::{Query, State as AxumState};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -161,9 +161,11 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 pub async fn token(
     AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
+    state.record_traceparent(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Token).await {
         return response;
     }

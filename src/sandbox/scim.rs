@@ -83,6 +83,7 @@ pub async fn create_user(
     body: Bytes,
 ) -> Response {
     state.scim_requests.fetch_add(1, Ordering::SeqCst);
+    state.record_traceparent(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }
@@ -164,6 +165,7 @@ pub async fn get_user(
     Path(id): Path<String>,
 ) -> Response {
     state.scim_requests.fetch_add(1, Ordering::SeqCst);
+    state.record_traceparent(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }

@@ -1,14 +1,25 @@
 //! The real binary as an operator runs it: `bankauth serve` with a file,
 //! SIGHUP re-running discovery, SIGTERM draining and exiting 0.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bankauth::demo::DemoUpstream;
+use bankauth::proto::v1::auth_service_client::AuthServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStderr, Command};
+use tokio::process::{Child, ChildStderr, Command};
 
-use crate::helpers::start_upstream;
+use crate::helpers::{RedisServer, new_user, start_upstream};
 
 /// Reads log lines until one contains `needle`; returns it.
 async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
@@ -33,10 +44,9 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success());
 }
 
-#[tokio::test]
-async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
-    let upstream = start_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
+/// Writes a configuration for the sandbox `upstream` (plus `extra` TOML) and
+/// its key into `dir`; returns the configuration's path.
+fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -> PathBuf {
     let key = dir.path().join("client.pem");
     std::fs::write(&key, upstream.client_key_pem.expose_secret()).unwrap();
     let config = dir.path().join("bankauth.toml");
@@ -44,6 +54,8 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
         &config,
         format!(
             r#"
+            {extra}
+
             [server]
             listen_addr = "127.0.0.1:0"
 
@@ -60,17 +72,31 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
         ),
     )
     .unwrap();
+    config
+}
 
+/// Starts `bankauth serve --config <config>` with `env`, its logs piped.
+fn serve(config: &Path, env: &[(&str, &str)]) -> (Child, Lines<BufReader<ChildStderr>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bankauth"))
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+#[tokio::test]
+async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &upstream, "");
+    let (mut child, mut lines) = serve(&config, &[]);
     let pid = child.id().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let listening = wait_for(&mut lines, "bankauth listening").await;
     assert!(
         !listening.contains('\u{1b}'),
@@ -111,4 +137,138 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
         .expect("bankauth exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// An OTLP/gRPC trace receiver, as a collector would run one.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        self.0.lock().unwrap().extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    async fn start(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_collector_continuing_the_callers_trace() {
+    let collector = Collector::default();
+    let collector_addr = collector.start().await;
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = format!(
+        "[telemetry]\nlog_format = \"json\"\n[cache]\nredis_url = \"{}\"",
+        redis.url().expose_secret()
+    );
+    let config = write_config(&dir, &upstream, &telemetry);
+    let endpoint = format!("http://{collector_addr}");
+    let (mut child, mut lines) = serve(
+        &config,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let listening = wait_for(&mut lines, "bankauth listening").await;
+    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
+    let addr = listening["fields"]["addr"].as_str().unwrap().to_owned();
+
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let user = client
+        .create_user(new_user("customer-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .id;
+
+    // The caller's own trace: 32 hex trace id, 16 hex parent span id.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(bankauth::proto::v1::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: user,
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    client.issue_widget_token(request).await.unwrap();
+    let logged = wait_for(&mut lines, trace_id).await;
+    assert!(logged.contains("IssueWidgetToken"), "{logged}");
+
+    signal(child.id().unwrap(), "TERM");
+    assert!(child.wait().await.unwrap().success());
+
+    let spans = collector.spans();
+    let hex = |bytes: &[u8]| hex::encode(bytes);
+    let rpc = spans
+        .iter()
+        .find(|s| s.name == "bankauth.v1.AuthService/IssueWidgetToken")
+        .unwrap_or_else(|| {
+            panic!(
+                "no RPC span among {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(hex(&rpc.trace_id), trace_id);
+    assert_eq!(
+        hex(&rpc.parent_span_id),
+        caller_span,
+        "the RPC span continues the caller's span"
+    );
+    let children: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == rpc.span_id)
+        .collect();
+    let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"POST token"),
+        "upstream span missing: {names:?}"
+    );
+    assert!(
+        names.contains(&"GET") && names.contains(&"SET"),
+        "Redis spans missing: {names:?}"
+    );
+    assert!(children.iter().all(|s| hex(&s.trace_id) == trace_id));
+
+    let upstream_span = children.iter().find(|s| s.name == "POST token").unwrap();
+    let expected = format!("00-{trace_id}-{}-01", hex(&upstream_span.span_id));
+    assert!(
+        upstream.sandbox.traceparents().contains(&expected),
+        "the provider did not receive {expected}: {:?}",
+        upstream.sandbox.traceparents()
+    );
 }
