@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::cache::ExpiryPolicy;
 use crate::provider::SigningAlgorithm;
 use crate::telemetry::LogFormat;
 
@@ -90,9 +91,15 @@ pub struct CacheConfig {
     /// `redis://` or `rediss://` URL, possibly with credentials. Without it,
     /// tokens are cached in process (fine for one replica or the demo).
     pub redis_url: Option<SecretString>,
-    /// A token is dropped from the cache this long before it expires, so a
-    /// caller always receives one with time left to use it.
+    /// A token stops being served this long before it expires, so a caller
+    /// always receives one with time left to use it (and clock skew is covered)…
     pub safety_margin_secs: u64,
+    /// …but never more than this fraction of its lifetime, so short-lived
+    /// tokens still cache.
+    pub safety_margin_fraction: f64,
+    /// A hit past a jittered point in this range of the lifetime refreshes
+    /// the token in the background; callers keep getting the cached one.
+    pub refresh_window: [f64; 2],
     /// Bound on every Redis command and on connecting.
     pub redis_timeout_ms: u64,
     /// Entries in the in-process cache (tokens, and remembered user ids).
@@ -104,6 +111,8 @@ impl Default for CacheConfig {
         Self {
             redis_url: None,
             safety_margin_secs: 60,
+            safety_margin_fraction: 0.1,
+            refresh_window: [0.70, 0.85],
             redis_timeout_ms: 1_000,
             max_entries: 100_000,
         }
@@ -435,6 +444,20 @@ impl Config {
                 ));
             }
         }
+        let fraction = self.cache.safety_margin_fraction;
+        if !(0.0..0.5).contains(&fraction) {
+            return Err(ConfigError::invalid(
+                "cache.safety_margin_fraction",
+                "must be at least 0 and below 0.5",
+            ));
+        }
+        let [low, high] = self.cache.refresh_window;
+        if !(0.0 < low && low <= high && high < 1.0 - fraction) {
+            return Err(ConfigError::invalid(
+                "cache.refresh_window",
+                "must be [low, high] with 0 < low <= high < 1 - safety_margin_fraction, so refreshing starts while the token is still served",
+            ));
+        }
         if self.cache.max_entries == 0 {
             return Err(ConfigError::invalid(
                 "cache.max_entries",
@@ -459,8 +482,12 @@ impl Config {
         Ok(())
     }
 
-    pub fn safety_margin(&self) -> Duration {
-        Duration::from_secs(self.cache.safety_margin_secs)
+    pub fn expiry_policy(&self) -> ExpiryPolicy {
+        ExpiryPolicy {
+            margin: Duration::from_secs(self.cache.safety_margin_secs),
+            margin_fraction: self.cache.safety_margin_fraction,
+            refresh_window: (self.cache.refresh_window[0], self.cache.refresh_window[1]),
+        }
     }
 }
 

@@ -83,7 +83,7 @@ impl Application {
         let service = Arc::new(AuthService::new(
             providers.clone(),
             cache.clone(),
-            config.safety_margin(),
+            config.expiry_policy(),
             metrics.clone(),
         ));
         let listener = bind(config.server.listen_addr, "server.listen_addr").await?;

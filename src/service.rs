@@ -1,12 +1,15 @@
 //! The business logic: users and tokens, through the cache, from providers.
 //! Knows nothing of gRPC; the `api` module adapts it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use tracing::Instrument;
 
-use crate::cache::{Cache, TokenKey, UserKey};
+use crate::cache::single_flight::{Flight, SingleFlight};
+use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, UserKey};
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
 use crate::provider::{
     Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers, SCIM_READ_SCOPE,
@@ -15,7 +18,8 @@ use crate::provider::{
 use crate::telemetry::Metrics;
 
 /// Why a request failed. Mapped to a gRPC status in `api::status`, only there.
-#[derive(Debug, thiserror::Error)]
+/// `Clone`, so every caller that joined one upstream call gets its outcome.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     InvalidArgument(#[from] ValidationError),
@@ -83,22 +87,30 @@ impl CacheOutcome {
 pub struct AuthService {
     providers: Providers,
     cache: Cache,
-    safety_margin: Duration,
+    expiry: ExpiryPolicy,
     metrics: Arc<Metrics>,
+    flights: SingleFlight<TokenKey, Result<AccessToken, Error>>,
 }
+
+/// Added to the provider's request timeout to make the fill lock's TTL, so
+/// the lock outlives any fetch its holder can still be making.
+const FILL_LOCK_SLACK: Duration = Duration::from_secs(2);
+/// After a failed background refresh, the next try waits this long.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 impl AuthService {
     pub fn new(
         providers: Providers,
         cache: Cache,
-        safety_margin: Duration,
+        expiry: ExpiryPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             providers,
             cache,
-            safety_margin,
+            expiry,
             metrics,
+            flights: SingleFlight::default(),
         }
     }
 
@@ -113,7 +125,7 @@ impl AuthService {
     /// A token with scope `widget_authentication` for `user`.
     pub async fn issue_widget_token(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         user: &UserId,
     ) -> Result<(AccessToken, CacheOutcome), Error> {
         if !provider.has_user_tokens() {
@@ -131,7 +143,7 @@ impl AuthService {
     /// that kind of token.
     pub async fn issue_data_token(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         user: Option<&UserId>,
         scopes: &ScopeSet,
     ) -> Result<(AccessToken, CacheOutcome), Error> {
@@ -177,7 +189,7 @@ impl AuthService {
     /// token. Codes are single-use, so nothing here is cached.
     pub async fn exchange_code(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         exchange: CodeExchange<'_>,
     ) -> Result<TokenSet, Error> {
         // Refuse before spending the single-use code on a set we could not validate.
@@ -215,7 +227,7 @@ impl AuthService {
     /// Uses a refresh token; an ID token in the answer is validated too.
     pub async fn refresh(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         refresh_token: &str,
     ) -> Result<TokenSet, Error> {
         let response = provider
@@ -243,7 +255,7 @@ impl AuthService {
     /// created returns that user, so a lost response costs nothing.
     pub async fn create_user(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         new_user: &NewUser,
     ) -> Result<User, Error> {
         let users = provider.users().ok_or_else(|| no_users(provider))?;
@@ -276,7 +288,7 @@ impl AuthService {
     /// The user this service created under `key`, if it still exists.
     async fn existing_user(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         key: &UserKey,
     ) -> Result<Option<User>, Error> {
         let Some(id) = self.cache.remembered_user(key).await else {
@@ -299,7 +311,7 @@ impl AuthService {
         }
     }
 
-    pub async fn get_user(&self, provider: &Provider, id: &UserId) -> Result<User, Error> {
+    pub async fn get_user(&self, provider: &Arc<Provider>, id: &UserId) -> Result<User, Error> {
         let users = provider.users().ok_or_else(|| no_users(provider))?;
         let (token, _) = self
             .issue_token(provider, None, &ScopeSet::single(SCIM_READ_SCOPE))
@@ -310,33 +322,77 @@ impl AuthService {
             .map_err(|source| provider_error(provider, source))
     }
 
-    /// Serves a token from the cache, or fetches and caches it until
-    /// `safety_margin` before it expires.
+    /// Serves a token from the cache (refreshing it in the background once
+    /// it is due), or fetches it: concurrent misses for one key, in this
+    /// process and across replicas sharing Redis, make one upstream call.
     async fn issue_token(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         sub: Option<&UserId>,
         scopes: &ScopeSet,
     ) -> Result<(AccessToken, CacheOutcome), Error> {
         let key = TokenKey::new(provider.name(), provider.client_id(), sub, scopes);
-        let margin_ms = self.safety_margin.as_millis() as i64;
-        if let Some(token) = self.cache.get_token(&key).await {
-            if token.expires_at * 1000 - margin_ms > now_millis() {
-                return Ok((token, CacheOutcome::Hit));
+        let now = now_millis();
+        if let Some(cached) = self.cache.get_token(&key, now).await {
+            if cached.needs_refresh(now) {
+                let refresh = self.fill(provider, &key, sub, scopes);
+                let provider_name = provider.name().to_owned();
+                self.flights.spawn(key, async move {
+                    let result = refresh.await;
+                    if let Err(error) = &result {
+                        tracing::warn!(provider = provider_name, %error, "background refresh failed; the cached token is served until it expires");
+                    }
+                    result
+                });
             }
+            return Ok((cached.token, CacheOutcome::Hit));
         }
-        let token = provider
-            .request_token(sub, scopes)
-            .await
-            .map_err(|source| provider_error(provider, source))?;
-        self.metrics.token_issued(provider.name());
-        let ttl_ms = token.expires_at * 1000 - margin_ms - now_millis();
-        if ttl_ms > 0 {
-            self.cache
-                .put_token(&key, &token, Duration::from_millis(ttl_ms as u64))
-                .await;
+        let fill = self.fill(provider, &key, sub, scopes);
+        let (result, flight) = self.flights.run(key, fill).await;
+        if flight == Flight::Joined {
+            self.metrics.coalesced(provider.name());
         }
-        Ok((token, CacheOutcome::Miss))
+        result.map(|token| (token, CacheOutcome::Miss))
+    }
+
+    /// One flight's detached work: coordinate with other replicas, fetch,
+    /// cache. Owns everything it needs, since it outlives its callers.
+    fn fill(
+        &self,
+        provider: &Arc<Provider>,
+        key: &TokenKey,
+        sub: Option<&UserId>,
+        scopes: &ScopeSet,
+    ) -> impl Future<Output = Result<AccessToken, Error>> + Send + 'static {
+        let (cache, metrics, expiry) = (self.cache.clone(), self.metrics.clone(), self.expiry);
+        let (provider, key, sub, scopes) =
+            (provider.clone(), key.clone(), sub.cloned(), scopes.clone());
+        async move {
+            let lock_ttl = provider.request_timeout() + FILL_LOCK_SLACK;
+            let lock = match cache.coordinate_fill(&key, lock_ttl, now_millis).await {
+                Fill::FilledByOther(cached) => return Ok(cached.token),
+                Fill::Proceed(lock) => lock,
+            };
+            let issued_at = now_millis();
+            let result = provider
+                .request_token(sub.as_ref(), &scopes)
+                .await
+                .map_err(|source| provider_error(&provider, source));
+            match &result {
+                Ok(token) => {
+                    metrics.token_issued(provider.name());
+                    let entry = expiry.entry(token.clone(), issued_at);
+                    cache.put_token(&key, &entry, now_millis()).await;
+                }
+                Err(_) => cache.postpone_refresh(&key, now_millis(), REFRESH_RETRY),
+            }
+            if let Some(lock) = lock {
+                cache.release(lock).await;
+            }
+            result
+        }
+        // The upstream call belongs to the trace of the caller that started it.
+        .instrument(tracing::Span::current())
     }
 }
 

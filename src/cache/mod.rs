@@ -1,16 +1,18 @@
-//! Where issued tokens (and the ids of users we created) are remembered:
-//! Redis when configured, shared by every replica; else an in-process map.
+//! Where issued tokens (and the ids of users we created) are remembered: an
+//! in-process tier, in front of Redis when Redis is configured.
 //!
 //! The cache is an optimisation, never a source of failure: a Redis error is
-//! logged and the caller is served from the provider instead.
+//! counted and logged, and the caller is served from the provider instead.
 
 mod memory;
 mod redis_store;
+pub mod single_flight;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{AccessToken, ScopeSet, UserId};
@@ -46,6 +48,73 @@ impl TokenKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name of the lock replicas take to fill this key.
+    fn lock_name(&self) -> String {
+        format!("{}:lock", self.0)
+    }
+}
+
+/// A token with the moments that govern its caching, in Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedToken {
+    pub token: AccessToken,
+    /// From here on a hit also refreshes the token in the background.
+    pub refresh_at_ms: i64,
+    /// From here on the token is no longer served (its expiry minus the margin).
+    pub serve_until_ms: i64,
+}
+
+impl CachedToken {
+    pub fn is_servable(&self, now_ms: i64) -> bool {
+        now_ms < self.serve_until_ms
+    }
+
+    pub fn needs_refresh(&self, now_ms: i64) -> bool {
+        now_ms >= self.refresh_at_ms
+    }
+
+    fn ttl(&self, now_ms: i64) -> Option<Duration> {
+        u64::try_from(self.serve_until_ms - now_ms)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+    }
+}
+
+/// When tokens stop being served and start being refreshed.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpiryPolicy {
+    /// The most a token's serving time is cut short before its expiry.
+    pub margin: Duration,
+    /// The most, as a fraction of the lifetime, so short-lived tokens still cache.
+    pub margin_fraction: f64,
+    /// The refresh point is drawn from this range of the lifetime, so tokens
+    /// issued together are not all refreshed together.
+    pub refresh_window: (f64, f64),
+}
+
+impl ExpiryPolicy {
+    /// The cache entry for `token`, whose request was sent at `issued_at_ms`.
+    pub fn entry(&self, token: AccessToken, issued_at_ms: i64) -> CachedToken {
+        let expires_at_ms = token.expires_at.saturating_mul(1000);
+        let lifetime_ms = (expires_at_ms - issued_at_ms).max(0) as f64;
+        let margin_ms = (self.margin.as_millis() as f64).min(lifetime_ms * self.margin_fraction);
+        let (low, high) = self.refresh_window;
+        let refresh_fraction = low + (high - low) * unit_random();
+        CachedToken {
+            refresh_at_ms: issued_at_ms + (lifetime_ms * refresh_fraction) as i64,
+            serve_until_ms: expires_at_ms - margin_ms as i64,
+            token,
+        }
+    }
+}
+
+/// A uniform draw from [0, 1) from the system's secure source.
+fn unit_random() -> f64 {
+    let mut bytes = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
 }
 
 /// Identifies a user this service created, by provider and external id.
@@ -75,73 +144,161 @@ pub enum CacheError {
     Corrupt,
 }
 
-/// Where entries live: Redis when configured, else this process.
-#[derive(Debug, Clone)]
-enum Store {
-    Memory(MemoryStore),
-    Redis(RedisStore),
+/// What a replica about to call the provider learned from the others.
+pub enum Fill {
+    /// Go ahead; release the lock (if any) once the token is cached.
+    Proceed(Option<FillLock>),
+    /// Another replica filled the key meanwhile: use its token.
+    FilledByOther(CachedToken),
 }
+
+/// The cross-replica fill lock, held by one owner.
+pub struct FillLock {
+    key: TokenKey,
+    owner: String,
+}
+
+/// How often a replica waiting on another's fill looks for the result.
+const FILL_POLL: Duration = Duration::from_millis(25);
 
 /// The token cache, counting lookups by tier and Redis failures.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    store: Store,
+    memory: MemoryStore,
+    redis: Option<RedisStore>,
     metrics: Arc<Metrics>,
 }
 
 impl Cache {
     /// Connects to Redis when a URL is given (failing at startup if it is
-    /// unreachable), else keeps everything in process.
+    /// unreachable); the in-process tier is always there.
     pub async fn connect(
         redis_url: Option<&SecretString>,
         timeout: Duration,
         max_entries: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Self, CacheError> {
-        let store = match redis_url {
-            Some(url) => Store::Redis(RedisStore::connect(url.expose_secret(), timeout).await?),
-            None => Store::Memory(MemoryStore::new(max_entries)),
+        let redis = match redis_url {
+            Some(url) => Some(RedisStore::connect(url.expose_secret(), timeout).await?),
+            None => None,
         };
-        Ok(Self { store, metrics })
+        Ok(Self {
+            memory: MemoryStore::new(max_entries),
+            redis,
+            metrics,
+        })
     }
 
-    /// The cached token, if one is stored.
-    pub async fn get_token(&self, key: &TokenKey) -> Option<AccessToken> {
-        let (tier, token) = match &self.store {
-            Store::Memory(store) => ("memory", store.get_token(key)),
-            Store::Redis(store) => {
-                let token = store.get_token(key).await;
-                (
-                    "redis",
-                    self.report(token, "token cache read failed; asking the provider")
-                        .flatten(),
-                )
-            }
-        };
-        self.metrics.cache_lookup(tier, token.is_some());
+    /// A servable cached token: from this process, else from Redis (then
+    /// kept in process until its own serving deadline).
+    pub async fn get_token(&self, key: &TokenKey, now_ms: i64) -> Option<CachedToken> {
+        let local = self.memory.get_token(key).filter(|t| t.is_servable(now_ms));
+        self.metrics.cache_lookup("memory", local.is_some());
+        if local.is_some() {
+            return local;
+        }
+        let shared = self.get_shared(key, now_ms).await?;
+        if let Some(ttl) = shared.ttl(now_ms) {
+            self.memory.put_token(key, &shared, ttl);
+        }
+        Some(shared)
+    }
+
+    /// A servable token from Redis only, bypassing this process's tier.
+    async fn get_shared(&self, key: &TokenKey, now_ms: i64) -> Option<CachedToken> {
+        let redis = self.redis.as_ref()?;
+        let read = redis.get_token(key).await;
+        let token = self
+            .report(read, "token cache read failed; asking the provider")
+            .flatten()
+            .filter(|t| t.is_servable(now_ms));
+        self.metrics.cache_lookup("redis", token.is_some());
         token
     }
 
-    /// Stores a token for `ttl`.
-    pub async fn put_token(&self, key: &TokenKey, token: &AccessToken, ttl: Duration) {
-        match &self.store {
-            Store::Memory(store) => store.put_token(key, token, ttl),
-            Store::Redis(store) => {
-                let written = store.put_token(key, token, ttl).await;
-                self.report(
-                    written,
-                    "token cache write failed; the token is served uncached",
-                );
+    /// Stores a token until its serving deadline, in both tiers.
+    pub async fn put_token(&self, key: &TokenKey, token: &CachedToken, now_ms: i64) {
+        let Some(ttl) = token.ttl(now_ms) else {
+            return;
+        };
+        self.memory.put_token(key, token, ttl);
+        if let Some(redis) = &self.redis {
+            let written = redis.put_token(key, token, ttl).await;
+            self.report(
+                written,
+                "token cache write failed; the token is served uncached",
+            );
+        }
+    }
+
+    /// After a failed refresh, keeps serving this process's copy and tries
+    /// again no sooner than `delay` from now, so an outage is not hammered.
+    pub fn postpone_refresh(&self, key: &TokenKey, now_ms: i64, delay: Duration) {
+        if let Some(mut token) = self.memory.get_token(key) {
+            token.refresh_at_ms = now_ms + delay.as_millis() as i64;
+            if let Some(ttl) = token.ttl(now_ms) {
+                self.memory.put_token(key, &token, ttl);
             }
+        }
+    }
+
+    /// Coordinates a fill with other replicas: take the lock, or wait for
+    /// the holder's token, or (after the lock's TTL: a crashed holder) take
+    /// over. An efficiency lock only: on a Redis error, go ahead.
+    pub async fn coordinate_fill(
+        &self,
+        key: &TokenKey,
+        lock_ttl: Duration,
+        now: impl Fn() -> i64,
+    ) -> Fill {
+        let Some(redis) = &self.redis else {
+            return Fill::Proceed(None);
+        };
+        let owner = crate::provider::random_hex::<16>();
+        loop {
+            match redis.try_lock(key, &owner, lock_ttl).await {
+                Ok(true) => {
+                    return Fill::Proceed(Some(FillLock {
+                        key: key.clone(),
+                        owner,
+                    }));
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    self.report::<()>(Err(error), "fill lock unavailable; fetching without it");
+                    return Fill::Proceed(None);
+                }
+            }
+            tokio::time::sleep(FILL_POLL).await;
+            let now_ms = now();
+            if let Some(token) = self.get_shared(key, now_ms).await {
+                if !token.needs_refresh(now_ms) {
+                    if let Some(ttl) = token.ttl(now_ms) {
+                        self.memory.put_token(key, &token, ttl);
+                    }
+                    return Fill::FilledByOther(token);
+                }
+            }
+        }
+    }
+
+    /// Releases a fill lock taken by [`Cache::coordinate_fill`].
+    pub async fn release(&self, lock: FillLock) {
+        if let Some(redis) = &self.redis {
+            let released = redis.unlock(&lock.key, &lock.owner).await;
+            self.report(
+                released,
+                "could not release a fill lock; it expires by itself",
+            );
         }
     }
 
     /// The provider's id for a user this service created, if remembered.
     pub async fn remembered_user(&self, key: &UserKey) -> Option<String> {
-        match &self.store {
-            Store::Memory(store) => store.remembered_user(key),
-            Store::Redis(store) => {
-                let id = store.remembered_user(key).await;
+        match &self.redis {
+            None => self.memory.remembered_user(key),
+            Some(redis) => {
+                let id = redis.remembered_user(key).await;
                 self.report(id, "user id lookup failed").flatten()
             }
         }
@@ -150,10 +307,10 @@ impl Cache {
     /// Remembers the id of a user this service created, so a retried
     /// CreateUser returns that user instead of failing.
     pub async fn remember_user(&self, key: &UserKey, user_id: &str) {
-        match &self.store {
-            Store::Memory(store) => store.remember_user(key, user_id),
-            Store::Redis(store) => {
-                let written = store.remember_user(key, user_id).await;
+        match &self.redis {
+            None => self.memory.remember_user(key, user_id),
+            Some(redis) => {
+                let written = redis.remember_user(key, user_id).await;
                 self.report(
                     written,
                     "could not remember a created user's id; a retry will see ALREADY_EXISTS",
@@ -164,10 +321,10 @@ impl Cache {
 
     /// Forgets a remembered user that no longer exists at the provider.
     pub async fn forget_user(&self, key: &UserKey) {
-        match &self.store {
-            Store::Memory(store) => store.forget_user(key),
-            Store::Redis(store) => {
-                let deleted = store.forget_user(key).await;
+        match &self.redis {
+            None => self.memory.forget_user(key),
+            Some(redis) => {
+                let deleted = redis.forget_user(key).await;
                 self.report(deleted, "could not forget a deleted user's id");
             }
         }
@@ -175,9 +332,9 @@ impl Cache {
 
     /// Whether the cache can serve: always in process; Redis must answer PING.
     pub async fn is_ready(&self) -> bool {
-        match &self.store {
-            Store::Memory(_) => true,
-            Store::Redis(store) => store.ping().await.is_ok(),
+        match &self.redis {
+            None => true,
+            Some(redis) => redis.ping().await.is_ok(),
         }
     }
 
@@ -195,6 +352,36 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(expires_at: i64) -> AccessToken {
+        AccessToken {
+            access_token: "t".into(),
+            token_type: "Bearer".into(),
+            expires_at,
+            scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn the_margin_is_capped_by_a_fraction_of_the_lifetime() {
+        let policy = ExpiryPolicy {
+            margin: Duration::from_secs(60),
+            margin_fraction: 0.1,
+            refresh_window: (0.7, 0.85),
+        };
+        // An hour-long token: the configured minute applies.
+        let entry = policy.entry(token(3_600), 0);
+        assert_eq!(entry.serve_until_ms, 3_540_000);
+        assert!(
+            (2_520_000..=3_060_000).contains(&entry.refresh_at_ms),
+            "{}",
+            entry.refresh_at_ms
+        );
+        // A 30-second token still caches: a tenth of its life is cut, not a minute.
+        let entry = policy.entry(token(30), 0);
+        assert_eq!(entry.serve_until_ms, 27_000);
+        assert!(entry.refresh_at_ms < entry.serve_until_ms);
+    }
 
     #[test]
     fn token_keys_hide_the_user_and_normalise_scopes() {

@@ -7,16 +7,25 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::Instrument;
 
-use super::{CacheError, TokenKey, UserKey};
-use crate::domain::AccessToken;
+use super::{CacheError, CachedToken, TokenKey, UserKey};
 
 /// How long a created user's id is remembered: far longer than any retry.
 const REMEMBERED_USER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Deletes the lock only if this owner still holds it, so a holder whose
+/// lock expired never releases the next holder's.
+const RELEASE_LOCK: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
 
 /// A Redis connection that reconnects by itself after an outage.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    release_lock: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -34,10 +43,13 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
         let connection = client.get_connection_manager_with_config(config).await?;
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            release_lock: redis::Script::new(RELEASE_LOCK),
+        })
     }
 
-    pub async fn get_token(&self, key: &TokenKey) -> Result<Option<AccessToken>, CacheError> {
+    pub async fn get_token(&self, key: &TokenKey) -> Result<Option<CachedToken>, CacheError> {
         let value: Option<Vec<u8>> = self
             .connection
             .clone()
@@ -52,16 +64,46 @@ impl RedisStore {
     pub async fn put_token(
         &self,
         key: &TokenKey,
-        token: &AccessToken,
+        token: &CachedToken,
         ttl: Duration,
     ) -> Result<(), CacheError> {
         let value = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let _: () = self
             .connection
             .clone()
-            .pset_ex(key.as_str(), value, ttl_ms)
+            .pset_ex(key.as_str(), value, millis(ttl))
             .instrument(span("SET"))
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the fill lock for `key` if nobody holds it (`SET NX PX`).
+    pub async fn try_lock(
+        &self,
+        key: &TokenKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(key.lock_name())
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut self.connection.clone())
+            .instrument(span("SET NX"))
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Releases the fill lock if `owner` still holds it.
+    pub async fn unlock(&self, key: &TokenKey, owner: &str) -> Result<(), CacheError> {
+        let _: i64 = self
+            .release_lock
+            .key(key.lock_name())
+            .arg(owner)
+            .invoke_async(&mut self.connection.clone())
+            .instrument(span("EVALSHA"))
             .await?;
         Ok(())
     }
@@ -102,6 +144,12 @@ impl RedisStore {
             .await?;
         Ok(())
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// A client span for one Redis command (key names are hashes, but are

@@ -147,6 +147,11 @@ impl Provider {
         &self.token_endpoint.client_id
     }
 
+    /// Bound on one HTTP request to this provider.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
     pub fn client_auth_method(&self) -> &'static str {
         self.token_endpoint.auth.method_name()
     }

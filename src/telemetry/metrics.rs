@@ -60,6 +60,7 @@ pub struct Metrics {
     upstream_seconds: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     redis_errors: Counter,
     tokens_issued: Family<ProviderLabels, Counter>,
+    coalesced: Family<ProviderLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +80,7 @@ impl Default for Metrics {
             upstream_seconds: Family::new_with_constructor(latency_histogram),
             redis_errors: Counter::default(),
             tokens_issued: Family::default(),
+            coalesced: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -166,6 +168,14 @@ impl Metrics {
 
     pub fn token_issued(&self, provider: &str) {
         self.tokens_issued
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn coalesced(&self, provider: &str) {
+        self.coalesced
             .get_or_create(&ProviderLabels {
                 provider: provider.to_owned(),
             })

@@ -110,17 +110,34 @@ async fn an_expires_at_response_is_read_and_cached() {
 }
 
 #[tokio::test]
-async fn a_token_living_less_than_the_margin_is_returned_but_not_cached() {
+async fn a_token_living_less_than_the_margin_still_caches_for_most_of_its_life() {
+    let redis = crate::helpers::RedisServer::start();
     let upstream = start_upstream().await;
-    let mut app = spawn_app_with(upstream, |c| c.cache.safety_margin_secs = 60).await;
+    let mut app = spawn_app_with(upstream, |c| {
+        c.cache.redis_url = Some(redis.url());
+        c.cache.safety_margin_secs = 60;
+    })
+    .await;
     let user = app.create_user("customer-1").await;
     app.sandbox().set_token_lifetime(Duration::from_secs(30));
     let before = app.sandbox().token_requests();
 
     let first = app.widget_token(&user).await.unwrap();
     let second = app.widget_token(&user).await.unwrap();
-    assert_eq!(app.sandbox().token_requests(), before + 2);
-    assert_ne!(first.access_token, second.access_token);
+    assert_eq!(app.sandbox().token_requests(), before + 1);
+    assert_eq!(first, second);
+
+    // Served until a tenth of its life before expiry, not a minute (which
+    // would be longer than it lives).
+    let key = bankauth::cache::TokenKey::new(
+        bankauth::demo::DEMO_PROVIDER,
+        bankauth::demo::DEMO_CLIENT_ID,
+        Some(&bankauth::domain::UserId::parse("user_id", &user).unwrap()),
+        &bankauth::domain::ScopeSet::single("widget_authentication"),
+    );
+    let ttl_ms: i64 =
+        redis::Commands::pttl(&mut redis.client().get_connection().unwrap(), key.as_str()).unwrap();
+    assert!((25_000..=27_000).contains(&ttl_ms), "Redis TTL {ttl_ms} ms");
 }
 
 #[tokio::test]
