@@ -50,7 +50,7 @@ impl TokenKey {
     }
 
     /// The name of the lock replicas take to fill this key.
-    fn lock_name(&self) -> String {
+    pub fn lock_name(&self) -> String {
         format!("{}:lock", self.0)
     }
 }

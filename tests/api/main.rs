@@ -8,6 +8,7 @@ mod operations;
 mod process;
 mod providers;
 mod server;
+mod stampede;
 mod tokens;
 mod upstream_errors;
 mod users;

@@ -1,0 +1,259 @@
+//! The cache at scale: bursts make one upstream call per key, in one process
+//! and across replicas; no caller ever gets another's token; tokens refresh
+//! ahead of expiry; a caller giving up or a crashed lock holder harms no one.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bankauth::cache::TokenKey;
+use bankauth::demo::{DEMO_CLIENT_ID, DEMO_PROVIDER};
+use bankauth::domain::{ScopeSet, UserId};
+use bankauth::proto::v1 as pb;
+use bankauth::sandbox::{Endpoint, Fault};
+use futures::future::join_all;
+use jsonwebtoken::dangerous::insecure_decode_claims;
+use serde::Deserialize;
+
+use crate::helpers::{RedisServer, TestApp, spawn_app, spawn_app_with, start_upstream};
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    scope: String,
+}
+
+fn claims(token: &pb::AccessToken) -> Claims {
+    insecure_decode_claims(&token.access_token).unwrap()
+}
+
+/// Holds every token request at the sandbox long enough for a burst to pile up.
+fn stall_next(app: &TestApp, count: usize) {
+    for _ in 0..count {
+        app.sandbox()
+            .fail_next(Endpoint::Token, Fault::Stall(Duration::from_millis(300)));
+    }
+}
+
+async fn widget_burst(app: &TestApp, user: &str, callers: usize) -> Vec<pb::AccessToken> {
+    let calls = (0..callers).map(|_| {
+        let mut client = app.client.clone();
+        let user = user.to_owned();
+        async move {
+            client
+                .issue_widget_token(pb::IssueWidgetTokenRequest {
+                    provider: String::new(),
+                    user_id: user,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+                .unwrap()
+        }
+    });
+    join_all(calls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_identical_misses_make_one_upstream_call() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    let before = app.sandbox().token_requests();
+    stall_next(&app, 1);
+    let tokens = widget_burst(&app, &user, 1_000).await;
+    assert_eq!(app.sandbox().token_requests(), before + 1);
+    assert!(tokens.iter().all(|t| t == &tokens[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_make_one_upstream_call() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut a = spawn_app_with(upstream.clone(), |c| c.cache.redis_url = Some(redis.url())).await;
+    let b = spawn_app_with(upstream, |c| c.cache.redis_url = Some(redis.url())).await;
+    let user = a.create_user("customer-1").await;
+    let before = a.sandbox().token_requests();
+    stall_next(&a, 2);
+    let (from_a, from_b) = tokio::join!(widget_burst(&a, &user, 200), widget_burst(&b, &user, 200));
+    assert_eq!(a.sandbox().token_requests(), before + 1);
+    assert!(from_a.iter().chain(&from_b).all(|t| t == &from_a[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_requests_never_get_another_users_or_scopes_token() {
+    let mut app = spawn_app().await;
+    let mut users = Vec::new();
+    for i in 0..50 {
+        users.push(app.create_user(&format!("customer-{i}")).await);
+    }
+    let before = app.sandbox().token_requests();
+    let scope_sets: [&[&str]; 3] = [
+        &["accounts:read"],
+        &["transactions:read:all", "accounts:read"],
+        &["categories:read"],
+    ];
+    let calls = (0..1_000).map(|i| {
+        let mut client = app.client.clone();
+        let user = users[i % 50].clone();
+        let scopes: Vec<String> = scope_sets[(i / 50) % 3]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        async move {
+            let token = client
+                .issue_data_token(pb::IssueDataTokenRequest {
+                    provider: String::new(),
+                    user_id: user.clone(),
+                    scopes: scopes.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+                .unwrap();
+            (user, scopes, token)
+        }
+    });
+    let results = join_all(calls).await;
+    for (user, scopes, token) in &results {
+        let claims = claims(token);
+        assert_eq!(&claims.sub, user);
+        let mut wanted: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        wanted.sort();
+        assert_eq!(claims.scope, wanted.join(" "));
+    }
+    assert_eq!(app.sandbox().token_requests(), before + 150);
+    let distinct: HashSet<&str> = results
+        .iter()
+        .map(|(_, _, t)| t.access_token.as_str())
+        .collect();
+    assert_eq!(distinct.len(), 150);
+}
+
+/// Waits (bounded) until the sandbox has seen `count` token requests.
+async fn wait_for_token_requests(app: &TestApp, count: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.sandbox().token_requests() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refresh happened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An app whose tokens live 4 s and are refreshed after 1 s (and served until 3.6 s).
+async fn refreshing_app() -> (TestApp, String) {
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| c.cache.refresh_window = [0.25, 0.25]).await;
+    let user = app.create_user("customer-1").await;
+    app.sandbox().set_token_lifetime(Duration::from_secs(4));
+    (app, user)
+}
+
+#[tokio::test]
+async fn a_token_is_refreshed_ahead_of_expiry_while_callers_keep_the_cached_one() {
+    let (mut app, user) = refreshing_app().await;
+    let first = app.widget_token(&user).await.unwrap();
+    let fetched = app.sandbox().token_requests();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    // Due for refresh: the caller is answered from the cache at once…
+    assert_eq!(app.widget_token(&user).await.unwrap(), first);
+    // …and the refresh happens behind it.
+    wait_for_token_requests(&app, fetched + 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let current = app.widget_token(&user).await.unwrap();
+        if current != first {
+            assert!(current.expire_time.unwrap().seconds >= first.expire_time.unwrap().seconds);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refreshed token never replaced the old one"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.sandbox().token_requests(), fetched + 1);
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_serving_the_valid_token() {
+    let (mut app, user) = refreshing_app().await;
+    let first = app.widget_token(&user).await.unwrap();
+    let fetched = app.sandbox().token_requests();
+    app.sandbox().fail_next(Endpoint::Token, Fault::Status(503));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    assert_eq!(app.widget_token(&user).await.unwrap(), first);
+    wait_for_token_requests(&app, fetched + 1).await;
+    // The refresh failed; its retry waits, and until then callers get the valid token.
+    for _ in 0..10 {
+        assert_eq!(app.widget_token(&user).await.unwrap(), first);
+    }
+    assert_eq!(app.sandbox().token_requests(), fetched + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_giving_up_mid_fetch_does_not_fail_the_others() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    let before = app.sandbox().token_requests();
+    app.sandbox()
+        .fail_next(Endpoint::Token, Fault::Stall(Duration::from_millis(500)));
+
+    let mut impatient = tonic::Request::new(pb::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: user.clone(),
+    });
+    impatient.set_timeout(Duration::from_millis(100));
+    let mut first = app.client.clone();
+    let leader = tokio::spawn(async move { first.issue_widget_token(impatient).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let patient = widget_burst(&app, &user, 10).await;
+
+    let status = leader.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{status:?}"
+    );
+    assert!(patient.iter().all(|t| t == &patient[0]));
+    assert_eq!(app.sandbox().token_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn a_crashed_lock_holder_stalls_others_only_until_its_lock_expires() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| c.cache.redis_url = Some(redis.url())).await;
+    let user = app.create_user("customer-1").await;
+    let before = app.sandbox().token_requests();
+
+    // Another replica took the fill lock and died without releasing it.
+    let key = TokenKey::new(
+        DEMO_PROVIDER,
+        DEMO_CLIENT_ID,
+        Some(&UserId::parse("user_id", &user).unwrap()),
+        &ScopeSet::single("widget_authentication"),
+    );
+    let _: () = redis::cmd("SET")
+        .arg(key.lock_name())
+        .arg("crashed-replica")
+        .arg("PX")
+        .arg(1_000)
+        .query(&mut redis.client().get_connection().unwrap())
+        .unwrap();
+
+    let token = app.widget_token(&user).await.unwrap();
+    assert_eq!(claims(&token).sub, user);
+    assert_eq!(app.sandbox().token_requests(), before + 1);
+    let lock: Option<String> = redis::cmd("GET")
+        .arg(key.lock_name())
+        .query(&mut redis.client().get_connection().unwrap())
+        .unwrap();
+    assert_eq!(lock, None, "the new holder released its lock");
+}
