@@ -15,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::cache::ExpiryPolicy;
+use crate::cache::seal::Sealer;
 use crate::provider::SigningAlgorithm;
 use crate::telemetry::LogFormat;
 
@@ -104,6 +105,26 @@ pub struct CacheConfig {
     pub redis_timeout_ms: u64,
     /// Entries in the in-process cache (tokens, and remembered user ids).
     pub max_entries: u64,
+    /// AES-256-GCM keys sealing token values in Redis. The first seals; all
+    /// open, so a new key goes first and the old one stays until its values expire.
+    pub encryption_keys: Vec<EncryptionKeyConfig>,
+    /// Allows plaintext values in Redis. For development only.
+    pub allow_plaintext: bool,
+}
+
+/// One cache encryption key: 32 random bytes, Base64-encoded, from a file or
+/// an environment variable (generate one with `openssl rand -base64 32`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionKeyConfig {
+    /// Stored beside each value to find the key that opens it: 1 to 32
+    /// letters, digits, '-' or '_'.
+    pub id: String,
+    pub key_file: Option<PathBuf>,
+    pub key_env: Option<String>,
+    /// The key in memory, for tests; never read from a file.
+    #[serde(skip)]
+    pub key: Option<SecretString>,
 }
 
 impl Default for CacheConfig {
@@ -115,6 +136,8 @@ impl Default for CacheConfig {
             refresh_window: [0.70, 0.85],
             redis_timeout_ms: 1_000,
             max_entries: 100_000,
+            encryption_keys: Vec::new(),
+            allow_plaintext: false,
         }
     }
 }
@@ -458,6 +481,29 @@ impl Config {
                 "must be [low, high] with 0 < low <= high < 1 - safety_margin_fraction, so refreshing starts while the token is still served",
             ));
         }
+        if self.cache.redis_url.is_some()
+            && self.cache.encryption_keys.is_empty()
+            && !self.cache.allow_plaintext
+        {
+            return Err(ConfigError::invalid(
+                "cache.encryption_keys",
+                "token values in Redis must be encrypted: configure a key (or, for development only, set cache.allow_plaintext = true)",
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, key) in self.cache.encryption_keys.iter().enumerate() {
+            let valid = (1..=32).contains(&key.id.len())
+                && key
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid || !ids.insert(&key.id) {
+                return Err(ConfigError::invalid(
+                    format!("cache.encryption_keys[{i}].id"),
+                    "must be unique, 1 to 32 letters, digits, '-' or '_'",
+                ));
+            }
+        }
         if self.cache.max_entries == 0 {
             return Err(ConfigError::invalid(
                 "cache.max_entries",
@@ -480,6 +526,29 @@ impl Config {
             provider.validate(&key)?;
         }
         Ok(())
+    }
+
+    /// Reads the cache encryption keys; errors name the key at fault.
+    pub fn cache_sealer(&self) -> Result<Sealer, ConfigError> {
+        let keys = self
+            .cache
+            .encryption_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let name = format!("cache.encryption_keys[{i}]");
+                let encoded = resolve_secret(&name, "key", &key.key, &key.key_file, &key.key_env)?;
+                let bytes = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    encoded.expose_secret().trim(),
+                )
+                .ok()
+                .filter(|bytes| bytes.len() == 32)
+                .ok_or_else(|| ConfigError::invalid(&name, "must be 32 bytes, Base64-encoded"))?;
+                Ok((key.id.clone(), bytes))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Sealer::new(keys).map_err(|e| ConfigError::invalid("cache.encryption_keys", e.to_string()))
     }
 
     pub fn expiry_policy(&self) -> ExpiryPolicy {
@@ -735,7 +804,9 @@ mod tests {
 
     #[test]
     fn redis_credentials_are_not_printed() {
-        let toml = format!("[cache]\nredis_url = \"redis://:hunter2@localhost\"\n{MINIMAL}");
+        let toml = format!(
+            "[cache]\nredis_url = \"redis://:hunter2@localhost\"\nallow_plaintext = true\n{MINIMAL}"
+        );
         let config = Config::from_toml(&toml).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
     }

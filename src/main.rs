@@ -84,6 +84,7 @@ async fn demo(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(path.as_deref())?;
     Providers::check(&config)?;
+    config.cache_sealer()?;
     println!(
         "configuration is valid: {} provider(s)",
         config.providers.len()

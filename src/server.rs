@@ -74,6 +74,7 @@ impl Application {
         let providers = Providers::connect(&config, metrics.clone()).await?;
         let cache = Cache::connect(
             config.cache.redis_url.as_ref(),
+            config.cache_sealer()?,
             Duration::from_millis(config.cache.redis_timeout_ms),
             config.cache.max_entries,
             metrics.clone(),

@@ -6,6 +6,7 @@
 
 mod memory;
 mod redis_store;
+pub mod seal;
 pub mod single_flight;
 
 use std::sync::Arc;
@@ -174,12 +175,13 @@ impl Cache {
     /// unreachable); the in-process tier is always there.
     pub async fn connect(
         redis_url: Option<&SecretString>,
+        sealer: seal::Sealer,
         timeout: Duration,
         max_entries: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Self, CacheError> {
         let redis = match redis_url {
-            Some(url) => Some(RedisStore::connect(url.expose_secret(), timeout).await?),
+            Some(url) => Some(RedisStore::connect(url.expose_secret(), sealer, timeout).await?),
             None => None,
         };
         Ok(Self {

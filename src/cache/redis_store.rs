@@ -7,6 +7,9 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use super::seal::Sealer;
 use super::{CacheError, CachedToken, TokenKey, UserKey};
 
 /// How long a created user's id is remembered: far longer than any retry.
@@ -26,6 +29,7 @@ return 0
 pub struct RedisStore {
     connection: ConnectionManager,
     release_lock: redis::Script,
+    sealer: Arc<Sealer>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -36,7 +40,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects once, so a wrong URL or an unreachable Redis stops startup.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CacheError> {
+    pub async fn connect(url: &str, sealer: Sealer, timeout: Duration) -> Result<Self, CacheError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -46,6 +50,7 @@ impl RedisStore {
         Ok(Self {
             connection,
             release_lock: redis::Script::new(RELEASE_LOCK),
+            sealer: Arc::new(sealer),
         })
     }
 
@@ -56,9 +61,18 @@ impl RedisStore {
             .get(key.as_str())
             .instrument(span("GET"))
             .await?;
-        value
-            .map(|bytes| serde_json::from_slice(&bytes).map_err(|_| CacheError::Corrupt))
-            .transpose()
+        let Some(sealed) = value else {
+            return Ok(None);
+        };
+        // A value that does not open (moved, tampered, sealed with a retired
+        // key) is a miss: the token is fetched again and the entry rewritten.
+        let Some(plaintext) = self.sealer.open(key.as_str(), &sealed) else {
+            tracing::debug!("a cached value did not open; treating it as a miss");
+            return Ok(None);
+        };
+        serde_json::from_slice(&plaintext)
+            .map(Some)
+            .map_err(|_| CacheError::Corrupt)
     }
 
     pub async fn put_token(
@@ -67,7 +81,8 @@ impl RedisStore {
         token: &CachedToken,
         ttl: Duration,
     ) -> Result<(), CacheError> {
-        let value = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
+        let plaintext = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
+        let value = self.sealer.seal(key.as_str(), &plaintext);
         let _: () = self
             .connection
             .clone()

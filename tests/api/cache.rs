@@ -13,7 +13,7 @@ async fn the_redis_entry_expires_the_safety_margin_before_the_token() {
     let redis = RedisServer::start();
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
-        c.cache.redis_url = Some(redis.url());
+        crate::helpers::use_redis(c, &redis);
         c.cache.safety_margin_secs = 90;
     })
     .await;
@@ -47,7 +47,7 @@ async fn the_redis_entry_expires_the_safety_margin_before_the_token() {
 async fn redis_key_names_reveal_no_user_id_or_scope() {
     let redis = RedisServer::start();
     let upstream = start_upstream().await;
-    let mut app = spawn_app_with(upstream, |c| c.cache.redis_url = Some(redis.url())).await;
+    let mut app = spawn_app_with(upstream, |c| crate::helpers::use_redis(c, &redis)).await;
     let user = app.create_user("customer-1").await;
     app.data_token(&user, &["accounts:read"]).await.unwrap();
 
@@ -69,10 +69,116 @@ async fn an_unreachable_redis_stops_startup_with_a_clear_error() {
     let upstream = start_upstream().await;
     let mut config = upstream.config("127.0.0.1:0".parse().unwrap());
     config.cache.redis_url = Some(format!("redis://127.0.0.1:{}/", free_port()).into());
+    config.cache.encryption_keys = vec![crate::helpers::encryption_key("k1")];
     let error = match Application::build(config).await {
         Err(error) => error,
         Ok(_) => panic!("startup succeeded without Redis"),
     };
     assert!(matches!(error, StartupError::Redis(_)));
     assert!(error.to_string().contains("cache.redis_url"), "{error}");
+}
+
+#[tokio::test]
+async fn redis_without_an_encryption_key_is_refused_unless_explicitly_allowed() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut config = upstream.config("127.0.0.1:0".parse().unwrap());
+    config.cache.redis_url = Some(redis.url());
+    let error = match Application::build(config.clone()).await {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("plaintext Redis values were accepted"),
+    };
+    assert!(error.contains("cache.encryption_keys"), "{error}");
+    config.cache.allow_plaintext = true;
+    assert!(Application::build(config).await.is_ok());
+}
+
+/// Reads the raw Redis value of `user`'s widget token.
+fn raw_widget_entry(redis: &RedisServer, user: &str) -> (String, Vec<u8>) {
+    let key = TokenKey::new(
+        DEMO_PROVIDER,
+        DEMO_CLIENT_ID,
+        Some(&UserId::parse("user_id", user).unwrap()),
+        &ScopeSet::single("widget_authentication"),
+    );
+    let value: Vec<u8> = redis
+        .client()
+        .get_connection()
+        .unwrap()
+        .get(key.as_str())
+        .unwrap();
+    (key.as_str().to_owned(), value)
+}
+
+#[tokio::test]
+async fn redis_values_are_sealed_and_do_not_open_under_another_key() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| crate::helpers::use_redis(c, &redis)).await;
+    let alice = app.create_user("alice").await;
+    let bob = app.create_user("bob").await;
+    let token = app.widget_token(&alice).await.unwrap();
+
+    let (_, sealed) = raw_widget_entry(&redis, &alice);
+    assert!(
+        sealed.starts_with(b"v1.k1."),
+        "not sealed: {:?}",
+        String::from_utf8_lossy(&sealed)
+    );
+    let raw = String::from_utf8_lossy(&sealed);
+    assert!(
+        !raw.contains(&token.access_token[..20]) && !raw.contains("Bearer"),
+        "{raw}"
+    );
+
+    // Alice's sealed token planted under Bob's key does not open: Bob gets his own.
+    let bob_key = TokenKey::new(
+        DEMO_PROVIDER,
+        DEMO_CLIENT_ID,
+        Some(&UserId::parse("user_id", &bob).unwrap()),
+        &ScopeSet::single("widget_authentication"),
+    );
+    let _: () = redis
+        .client()
+        .get_connection()
+        .unwrap()
+        .set(bob_key.as_str(), sealed)
+        .unwrap();
+    let before = app.sandbox().token_requests();
+    let bobs = app.widget_token(&bob).await.unwrap();
+    assert_ne!(bobs.access_token, token.access_token);
+    assert_eq!(app.sandbox().token_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn a_key_rotation_keeps_serving_from_the_cache() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let old_key = crate::helpers::encryption_key("2026-10");
+    let old = old_key.clone();
+    let mut before_rotation = spawn_app_with(upstream.clone(), |c| {
+        c.cache.redis_url = Some(redis.url());
+        c.cache.encryption_keys = vec![old];
+    })
+    .await;
+    let user = before_rotation.create_user("customer-1").await;
+    let token = before_rotation.widget_token(&user).await.unwrap();
+    let calls = before_rotation.sandbox().token_requests();
+
+    // The new key seals; the old one still opens what it sealed.
+    let mut after_rotation = spawn_app_with(upstream, |c| {
+        c.cache.redis_url = Some(redis.url());
+        c.cache.encryption_keys = vec![crate::helpers::encryption_key("2026-11"), old_key];
+    })
+    .await;
+    assert_eq!(after_rotation.widget_token(&user).await.unwrap(), token);
+    assert_eq!(after_rotation.sandbox().token_requests(), calls);
+
+    let other = after_rotation.create_user("customer-2").await;
+    after_rotation.widget_token(&other).await.unwrap();
+    assert!(
+        raw_widget_entry(&redis, &other)
+            .1
+            .starts_with(b"v1.2026-11.")
+    );
 }

@@ -174,6 +174,8 @@ fn init_logs() {
 pub struct RedisServer {
     child: Child,
     port: u16,
+    /// The cache encryption key every replica using this Redis shares.
+    key: bankauth::config::EncryptionKeyConfig,
 }
 
 impl RedisServer {
@@ -190,7 +192,11 @@ impl RedisServer {
                      (.ci/run does this)"
                 )
             });
-        let server = Self { child, port };
+        let server = Self {
+            child,
+            port,
+            key: encryption_key("k1"),
+        };
         server.wait_until_ready();
         server
     }
@@ -314,4 +320,25 @@ pub async fn authorization_code(upstream: &DemoUpstream, params: &[(&str, &str)]
         .find(|(name, _)| name == "code")
         .map(|(_, code)| code.into_owned())
         .expect("a code in the redirect")
+}
+
+/// Points `config` at `redis`, with the encryption key its replicas share.
+pub fn use_redis(config: &mut Config, redis: &RedisServer) {
+    config.cache.redis_url = Some(redis.url());
+    config.cache.encryption_keys = vec![redis.key.clone()];
+}
+
+/// A random cache encryption key named `id`, held in memory.
+pub fn encryption_key(id: &str) -> bankauth::config::EncryptionKeyConfig {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).unwrap();
+    bankauth::config::EncryptionKeyConfig {
+        id: id.to_owned(),
+        key_file: None,
+        key_env: None,
+        key: Some(SecretString::from(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            bytes,
+        ))),
+    }
 }

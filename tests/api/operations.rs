@@ -115,7 +115,7 @@ async fn readiness_follows_redis_while_liveness_and_cached_serving_do_not() {
     let mut redis = RedisServer::start();
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
-        c.cache.redis_url = Some(redis.url());
+        crate::helpers::use_redis(c, &redis);
         c.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;

@@ -24,12 +24,17 @@ use crate::helpers::{RedisServer, new_user, start_upstream};
 /// Reads log lines until one contains `needle`; returns it.
 async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
     let read = async {
+        let mut seen = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains(needle) {
                 return line;
             }
+            seen.push(line);
         }
-        panic!("the process ended before logging {needle:?}");
+        panic!(
+            "the process ended before logging {needle:?}; it printed:\n{}",
+            seen.join("\n")
+        );
     };
     tokio::time::timeout(Duration::from_secs(20), read)
         .await
@@ -186,7 +191,7 @@ async fn traces_reach_an_otlp_collector_continuing_the_callers_trace() {
     let upstream = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let telemetry = format!(
-        "[telemetry]\nlog_format = \"json\"\n[cache]\nredis_url = \"{}\"",
+        "[telemetry]\nlog_format = \"json\"\n[cache]\nredis_url = \"{}\"\nencryption_keys = [{{ id = \"k1\", key_env = \"TEST_CACHE_KEY\" }}]",
         redis.url().expose_secret()
     );
     let config = write_config(&dir, &upstream, &telemetry);
@@ -196,6 +201,10 @@ async fn traces_reach_an_otlp_collector_continuing_the_callers_trace() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            (
+                "TEST_CACHE_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
         ],
     );
     let listening = wait_for(&mut lines, "bankauth listening").await;

@@ -69,8 +69,8 @@ async fn a_thousand_concurrent_identical_misses_make_one_upstream_call() {
 async fn two_replicas_sharing_redis_make_one_upstream_call() {
     let redis = RedisServer::start();
     let upstream = start_upstream().await;
-    let mut a = spawn_app_with(upstream.clone(), |c| c.cache.redis_url = Some(redis.url())).await;
-    let b = spawn_app_with(upstream, |c| c.cache.redis_url = Some(redis.url())).await;
+    let mut a = spawn_app_with(upstream.clone(), |c| crate::helpers::use_redis(c, &redis)).await;
+    let b = spawn_app_with(upstream, |c| crate::helpers::use_redis(c, &redis)).await;
     let user = a.create_user("customer-1").await;
     let before = a.sandbox().token_requests();
     stall_next(&a, 2);
@@ -229,7 +229,7 @@ async fn a_caller_giving_up_mid_fetch_does_not_fail_the_others() {
 async fn a_crashed_lock_holder_stalls_others_only_until_its_lock_expires() {
     let redis = RedisServer::start();
     let upstream = start_upstream().await;
-    let mut app = spawn_app_with(upstream, |c| c.cache.redis_url = Some(redis.url())).await;
+    let mut app = spawn_app_with(upstream, |c| crate::helpers::use_redis(c, &redis)).await;
     let user = app.create_user("customer-1").await;
     let before = app.sandbox().token_requests();
 

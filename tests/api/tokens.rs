@@ -114,7 +114,7 @@ async fn a_token_living_less_than_the_margin_still_caches_for_most_of_its_life()
     let redis = crate::helpers::RedisServer::start();
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
-        c.cache.redis_url = Some(redis.url());
+        crate::helpers::use_redis(c, &redis);
         c.cache.safety_margin_secs = 60;
     })
     .await;
@@ -144,8 +144,8 @@ async fn a_token_living_less_than_the_margin_still_caches_for_most_of_its_life()
 async fn without_a_cache_entry_every_replica_fetches_but_with_redis_they_share() {
     let redis = crate::helpers::RedisServer::start();
     let upstream = start_upstream().await;
-    let mut a = spawn_app_with(upstream.clone(), |c| c.cache.redis_url = Some(redis.url())).await;
-    let mut b = spawn_app_with(upstream, |c| c.cache.redis_url = Some(redis.url())).await;
+    let mut a = spawn_app_with(upstream.clone(), |c| crate::helpers::use_redis(c, &redis)).await;
+    let mut b = spawn_app_with(upstream, |c| crate::helpers::use_redis(c, &redis)).await;
     let user = a.create_user("customer-1").await;
     let before = a.sandbox().token_requests();
     let from_a = a.widget_token(&user).await.unwrap();

@@ -58,8 +58,8 @@ async fn a_retried_create_returns_the_same_user_without_creating_another() {
 async fn a_retry_through_another_replica_sharing_redis_returns_the_same_user() {
     let redis = RedisServer::start();
     let upstream = start_upstream().await;
-    let mut a = spawn_app_with(upstream.clone(), |c| c.cache.redis_url = Some(redis.url())).await;
-    let mut b = spawn_app_with(upstream, |c| c.cache.redis_url = Some(redis.url())).await;
+    let mut a = spawn_app_with(upstream.clone(), |c| crate::helpers::use_redis(c, &redis)).await;
+    let mut b = spawn_app_with(upstream, |c| crate::helpers::use_redis(c, &redis)).await;
     let first = a.create_user("customer-1").await;
     let second = b.create_user("customer-1").await;
     assert_eq!(first, second);
