@@ -136,6 +136,10 @@ impl Application {
             .metrics_listener
             .map(|listener| AbortOnDrop(metrics::serve(listener, self.metrics.clone())));
         let _reload = AbortOnDrop(tokio::spawn(rediscover_on_sighup(self.providers)));
+        let invalidations = self.cache.clone();
+        let _invalidations = AbortOnDrop(tokio::spawn(async move {
+            invalidations.follow_invalidations().await
+        }));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::cache::single_flight::{Flight, SingleFlight};
-use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, UserKey};
+use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, UserKey, fingerprint};
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
 use crate::provider::{
     Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers, SCIM_READ_SCOPE,
@@ -127,6 +127,7 @@ impl AuthService {
         &self,
         provider: &Arc<Provider>,
         user: &UserId,
+        force_refresh: bool,
     ) -> Result<(AccessToken, CacheOutcome), Error> {
         if !provider.has_user_tokens() {
             return Err(unsupported(
@@ -134,7 +135,8 @@ impl AuthService {
                 "issues no user tokens, so no widget tokens",
             ));
         }
-        self.issue_token(provider, Some(user), &ScopeSet::single(WIDGET_SCOPE))
+        let scopes = ScopeSet::single(WIDGET_SCOPE);
+        self.issue_token(provider, Some(user), &scopes, force_refresh)
             .await
     }
 
@@ -146,6 +148,7 @@ impl AuthService {
         provider: &Arc<Provider>,
         user: Option<&UserId>,
         scopes: &ScopeSet,
+        force_refresh: bool,
     ) -> Result<(AccessToken, CacheOutcome), Error> {
         match user {
             Some(_) if !provider.has_user_tokens() => {
@@ -182,7 +185,14 @@ impl AuthService {
             )
             .into());
         }
-        self.issue_token(provider, user, scopes).await
+        self.issue_token(provider, user, scopes, force_refresh)
+            .await
+    }
+
+    /// Drops the cached token with this SHA-256 wherever it is still the
+    /// cached one; true when a copy was dropped here or in Redis.
+    pub async fn invalidate(&self, fingerprint: &str) -> bool {
+        self.cache.invalidate(fingerprint).await
     }
 
     /// Exchanges an authorization code for a token set and validates its ID
@@ -275,7 +285,7 @@ impl AuthService {
             };
         }
         let (token, _) = self
-            .issue_token(provider, None, &ScopeSet::single(SCIM_WRITE_SCOPE))
+            .issue_token(provider, None, &ScopeSet::single(SCIM_WRITE_SCOPE), false)
             .await?;
         let user = users
             .create_user(&token.access_token, new_user)
@@ -314,7 +324,7 @@ impl AuthService {
     pub async fn get_user(&self, provider: &Arc<Provider>, id: &UserId) -> Result<User, Error> {
         let users = provider.users().ok_or_else(|| no_users(provider))?;
         let (token, _) = self
-            .issue_token(provider, None, &ScopeSet::single(SCIM_READ_SCOPE))
+            .issue_token(provider, None, &ScopeSet::single(SCIM_READ_SCOPE), false)
             .await?;
         users
             .get_user(&token.access_token, id)
@@ -330,10 +340,18 @@ impl AuthService {
         provider: &Arc<Provider>,
         sub: Option<&UserId>,
         scopes: &ScopeSet,
+        force_refresh: bool,
     ) -> Result<(AccessToken, CacheOutcome), Error> {
         let key = TokenKey::new(provider.name(), provider.client_id(), sub, scopes);
         let now = now_millis();
-        if let Some(cached) = self.cache.get_token(&key, now).await {
+        let cached = self.cache.get_token(&key, now).await;
+        if let (true, Some(revoked)) = (force_refresh, &cached) {
+            // Compare-and-delete, as InvalidateToken: a fresher token stays.
+            self.cache
+                .invalidate(&fingerprint(&revoked.token.access_token))
+                .await;
+        }
+        if let Some(cached) = cached.filter(|_| !force_refresh) {
             if cached.needs_refresh(now) {
                 let refresh = self.fill(provider, &key, sub, scopes);
                 let provider_name = provider.name().to_owned();

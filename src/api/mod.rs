@@ -12,7 +12,8 @@ use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, Span, field};
 
-use crate::domain::{ScopeSet, UserId, code_verifier, opaque_value, redirect_uri};
+use crate::cache::fingerprint;
+use crate::domain::{ScopeSet, UserId, ValidationError, code_verifier, opaque_value, redirect_uri};
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::provider::Provider;
@@ -24,6 +25,8 @@ const MAX_CODE_LEN: usize = 2048;
 /// Longest refresh token accepted; JWT refresh tokens can be a few kB.
 const MAX_REFRESH_TOKEN_LEN: usize = 8192;
 const MAX_NONCE_LEN: usize = 512;
+/// Longest access token accepted for invalidation; JWTs run to a few kB.
+const MAX_ACCESS_TOKEN_LEN: usize = 16 * 1024;
 
 pub use pb::auth_service_server::AuthServiceServer;
 
@@ -89,7 +92,10 @@ impl AuthServiceRpc for AuthApi {
         self.observe(&metadata, "IssueWidgetToken", async {
             let provider = self.provider(&request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
-            let (token, outcome) = self.service.issue_widget_token(&provider, &user_id).await?;
+            let (token, outcome) = self
+                .service
+                .issue_widget_token(&provider, &user_id, request.force_refresh)
+                .await?;
             record_cache(outcome);
             Ok(pb::IssueWidgetTokenResponse {
                 token: Some(token.into()),
@@ -109,7 +115,7 @@ impl AuthServiceRpc for AuthApi {
             let scopes = ScopeSet::parse("scopes", &request.scopes)?;
             let (token, outcome) = self
                 .service
-                .issue_data_token(&provider, user_id.as_ref(), &scopes)
+                .issue_data_token(&provider, user_id.as_ref(), &scopes, request.force_refresh)
                 .await?;
             record_cache(outcome);
             Ok(pb::IssueDataTokenResponse {
@@ -167,13 +173,58 @@ impl AuthServiceRpc for AuthApi {
         })
         .await
     }
+
+    async fn invalidate_token(
+        &self,
+        request: Request<pb::InvalidateTokenRequest>,
+    ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        self.observe(&metadata, "InvalidateToken", async {
+            self.provider(&request.provider)?;
+            let fingerprint = match (
+                request.access_token.as_str(),
+                request.access_token_sha256.as_str(),
+            ) {
+                (token, "") if !token.is_empty() => {
+                    fingerprint(&opaque_value("access_token", token, MAX_ACCESS_TOKEN_LEN)?)
+                }
+                ("", hash) if !hash.is_empty() => sha256_hex("access_token_sha256", hash)?,
+                _ => {
+                    return Err(ValidationError::new(
+                        "access_token",
+                        "give exactly one of access_token and access_token_sha256",
+                    )
+                    .into());
+                }
+            };
+            let invalidated = self.service.invalidate(&fingerprint).await;
+            Ok(pb::InvalidateTokenResponse { invalidated })
+        })
+        .await
+    }
+}
+
+/// A SHA-256 as 64 lowercase hex characters.
+fn sha256_hex(field: &str, value: &str) -> Result<String, ValidationError> {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(value.to_owned())
+    } else {
+        Err(ValidationError::new(
+            field,
+            "must be 64 lowercase hex characters",
+        ))
+    }
 }
 
 /// Optional request fields are empty strings on the wire.
 fn optional<T>(
     value: &str,
-    parse: impl FnOnce(&str) -> Result<T, crate::domain::ValidationError>,
-) -> Result<Option<T>, crate::domain::ValidationError> {
+    parse: impl FnOnce(&str) -> Result<T, ValidationError>,
+) -> Result<Option<T>, ValidationError> {
     if value.is_empty() {
         Ok(None)
     } else {

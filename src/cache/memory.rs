@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache as Moka;
 
+use super::redis_store::fingerprint;
 use super::{CachedToken, TokenKey, UserKey};
 
 #[derive(Clone)]
@@ -37,6 +38,8 @@ impl moka::Expiry<TokenKey, Entry> for PerEntryTtl {
 #[derive(Clone)]
 pub struct MemoryStore {
     tokens: Moka<TokenKey, Entry>,
+    /// Token fingerprint → its key, to invalidate by token.
+    fingerprints: Moka<String, TokenKey>,
     users: Moka<UserKey, String>,
 }
 
@@ -56,6 +59,10 @@ impl MemoryStore {
                 .max_capacity(max_entries)
                 .expire_after(PerEntryTtl)
                 .build(),
+            fingerprints: Moka::builder()
+                .max_capacity(max_entries)
+                .time_to_live(Duration::from_secs(24 * 3600))
+                .build(),
             users: Moka::builder().max_capacity(max_entries).build(),
         }
     }
@@ -72,6 +79,24 @@ impl MemoryStore {
             ttl,
         };
         self.tokens.insert(key.clone(), entry);
+        self.fingerprints
+            .insert(fingerprint(&token.token.access_token), key.clone());
+    }
+
+    /// Drops the entry holding the token with `fingerprint`, if it still
+    /// holds that token; a fresher token under the same key stays.
+    pub fn invalidate(&self, fingerprint_hex: &str) -> bool {
+        let Some(key) = self.fingerprints.remove(fingerprint_hex) else {
+            return false;
+        };
+        let holds_it = self
+            .tokens
+            .get(&key)
+            .is_some_and(|entry| fingerprint(&entry.token.token.access_token) == fingerprint_hex);
+        if holds_it {
+            self.tokens.invalidate(&key);
+        }
+        holds_it
     }
 
     pub fn remembered_user(&self, key: &UserKey) -> Option<String> {

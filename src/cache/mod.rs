@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::{AccessToken, ScopeSet, UserId};
 use crate::telemetry::Metrics;
 pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisStore, fingerprint};
 
 /// Bumped whenever the key derivation or the stored value's shape changes,
 /// so old entries are simply never read again.
@@ -292,6 +292,34 @@ impl Cache {
                 released,
                 "could not release a fill lock; it expires by itself",
             );
+        }
+    }
+
+    /// Drops the cached token with this fingerprint wherever it is still the
+    /// cached one: here, in Redis, and (via pub/sub) on every replica.
+    pub async fn invalidate(&self, fingerprint: &str) -> bool {
+        let local = self.memory.invalidate(fingerprint);
+        let shared = match &self.redis {
+            Some(redis) => {
+                let deleted = redis.invalidate(fingerprint).await;
+                self.report(deleted, "could not invalidate in Redis")
+                    .unwrap_or(false)
+            }
+            None => false,
+        };
+        local || shared
+    }
+
+    /// Applies other replicas' invalidations to this process's tier; runs
+    /// until dropped (only with Redis: without it there are no replicas).
+    pub async fn follow_invalidations(&self) {
+        if let Some(redis) = &self.redis {
+            let memory = self.memory.clone();
+            redis
+                .follow_invalidations(move |fingerprint| {
+                    memory.invalidate(fingerprint);
+                })
+                .await;
         }
     }
 

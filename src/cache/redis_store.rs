@@ -24,11 +24,27 @@ end
 return 0
 "#;
 
+/// Deletes a token entry only if it still holds the token with this
+/// fingerprint (values start with it), and its index entry with it.
+const DELETE_IF_TOKEN: &str = r#"
+local value = redis.call("GET", KEYS[1])
+if value and string.sub(value, 1, 64) == ARGV[1] then
+    redis.call("DEL", KEYS[2])
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+/// The channel replicas announce invalidated fingerprints on.
+const INVALIDATIONS: &str = "bankauth:v1:invalidations";
+
 /// A Redis connection that reconnects by itself after an outage.
 #[derive(Clone)]
 pub struct RedisStore {
+    client: redis::Client,
     connection: ConnectionManager,
     release_lock: redis::Script,
+    delete_if_token: redis::Script,
     sealer: Arc<Sealer>,
 }
 
@@ -48,8 +64,10 @@ impl RedisStore {
             .set_number_of_retries(1);
         let connection = client.get_connection_manager_with_config(config).await?;
         Ok(Self {
+            client,
             connection,
             release_lock: redis::Script::new(RELEASE_LOCK),
+            delete_if_token: redis::Script::new(DELETE_IF_TOKEN),
             sealer: Arc::new(sealer),
         })
     }
@@ -61,12 +79,12 @@ impl RedisStore {
             .get(key.as_str())
             .instrument(span("GET"))
             .await?;
-        let Some(sealed) = value else {
+        let Some(sealed) = value.as_deref().and_then(|v| v.get(FINGERPRINT_LEN..)) else {
             return Ok(None);
         };
         // A value that does not open (moved, tampered, sealed with a retired
         // key) is a miss: the token is fetched again and the entry rewritten.
-        let Some(plaintext) = self.sealer.open(key.as_str(), &sealed) else {
+        let Some(plaintext) = self.sealer.open(key.as_str(), sealed) else {
             tracing::debug!("a cached value did not open; treating it as a miss");
             return Ok(None);
         };
@@ -82,11 +100,18 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), CacheError> {
         let plaintext = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
-        let value = self.sealer.seal(key.as_str(), &plaintext);
-        let _: () = self
-            .connection
-            .clone()
+        let fingerprint = fingerprint(&token.token.access_token);
+        let value = [
+            fingerprint.as_bytes(),
+            &self.sealer.seal(key.as_str(), &plaintext),
+        ]
+        .concat();
+        let _: () = redis::pipe()
             .pset_ex(key.as_str(), value, millis(ttl))
+            .ignore()
+            .pset_ex(index_name(&fingerprint), key.as_str(), millis(ttl))
+            .ignore()
+            .query_async(&mut self.connection.clone())
             .instrument(span("SET"))
             .await?;
         Ok(())
@@ -121,6 +146,61 @@ impl RedisStore {
             .instrument(span("EVALSHA"))
             .await?;
         Ok(())
+    }
+
+    /// Deletes the entry holding the token with `fingerprint`, if it still
+    /// holds that token, and tells every replica to drop its own copy.
+    pub async fn invalidate(&self, fingerprint: &str) -> Result<bool, CacheError> {
+        let index = index_name(fingerprint);
+        let key: Option<String> = self
+            .connection
+            .clone()
+            .get(&index)
+            .instrument(span("GET"))
+            .await?;
+        let deleted = match key {
+            Some(key) => {
+                let deleted: i64 = self
+                    .delete_if_token
+                    .key(key)
+                    .key(index)
+                    .arg(fingerprint)
+                    .invoke_async(&mut self.connection.clone())
+                    .instrument(span("EVALSHA"))
+                    .await?;
+                deleted > 0
+            }
+            None => false,
+        };
+        let _: i64 = self
+            .connection
+            .clone()
+            .publish(INVALIDATIONS, fingerprint)
+            .instrument(span("PUBLISH"))
+            .await?;
+        Ok(deleted)
+    }
+
+    /// Calls `drop_local` with every fingerprint any replica invalidates,
+    /// reconnecting after an outage; runs until the task is dropped.
+    pub async fn follow_invalidations(&self, drop_local: impl Fn(&str)) {
+        loop {
+            match self.client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(INVALIDATIONS).await.is_ok() {
+                        let mut messages = pubsub.on_message();
+                        while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await
+                        {
+                            if let Ok(fingerprint) = message.get_payload::<String>() {
+                                drop_local(&fingerprint);
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "invalidation channel unavailable"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     pub async fn remembered_user(&self, key: &UserKey) -> Result<Option<String>, CacheError> {
@@ -159,6 +239,18 @@ impl RedisStore {
             .await?;
         Ok(())
     }
+}
+
+/// Hex SHA-256 of a token: identifies it for invalidation, reveals nothing.
+pub fn fingerprint(access_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(access_token.as_bytes()))
+}
+
+const FINGERPRINT_LEN: usize = 64;
+
+fn index_name(fingerprint: &str) -> String {
+    format!("bankauth:v1:fingerprint:{fingerprint}")
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -6,7 +6,7 @@ use bankauth::domain::{ScopeSet, UserId};
 use bankauth::server::{Application, StartupError};
 use redis::Commands;
 
-use crate::helpers::{RedisServer, free_port, spawn_app_with, start_upstream};
+use crate::helpers::{RedisServer, free_port, sha256_hex, spawn_app_with, start_upstream};
 
 #[tokio::test]
 async fn the_redis_entry_expires_the_safety_margin_before_the_token() {
@@ -119,7 +119,10 @@ async fn redis_values_are_sealed_and_do_not_open_under_another_key() {
     let bob = app.create_user("bob").await;
     let token = app.widget_token(&alice).await.unwrap();
 
-    let (_, sealed) = raw_widget_entry(&redis, &alice);
+    let (_, stored) = raw_widget_entry(&redis, &alice);
+    // A value is the token's SHA-256 fingerprint (for InvalidateToken), then the sealed token.
+    let (fingerprint, sealed) = stored.split_at(64);
+    assert_eq!(fingerprint, sha256_hex(&token.access_token).as_bytes());
     assert!(
         sealed.starts_with(b"v1.k1."),
         "not sealed: {:?}",
@@ -142,7 +145,7 @@ async fn redis_values_are_sealed_and_do_not_open_under_another_key() {
         .client()
         .get_connection()
         .unwrap()
-        .set(bob_key.as_str(), sealed)
+        .set(bob_key.as_str(), &stored)
         .unwrap();
     let before = app.sandbox().token_requests();
     let bobs = app.widget_token(&bob).await.unwrap();
@@ -176,9 +179,5 @@ async fn a_key_rotation_keeps_serving_from_the_cache() {
 
     let other = after_rotation.create_user("customer-2").await;
     after_rotation.widget_token(&other).await.unwrap();
-    assert!(
-        raw_widget_entry(&redis, &other)
-            .1
-            .starts_with(b"v1.2026-11.")
-    );
+    assert!(raw_widget_entry(&redis, &other).1[64..].starts_with(b"v1.2026-11."));
 }

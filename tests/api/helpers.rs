@@ -125,6 +125,7 @@ impl TestApp {
             .issue_widget_token(pb::IssueWidgetTokenRequest {
                 provider: String::new(),
                 user_id: user_id.to_owned(),
+                force_refresh: false,
             })
             .await
             .map(|response| response.into_inner().token.expect("a token"))
@@ -140,6 +141,7 @@ impl TestApp {
                 provider: String::new(),
                 user_id: user_id.to_owned(),
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                force_refresh: false,
             })
             .await
             .map(|response| response.into_inner().token.expect("a token"))
@@ -341,4 +343,13 @@ pub fn encryption_key(id: &str) -> bankauth::config::EncryptionKeyConfig {
             bytes,
         ))),
     }
+}
+
+/// Lowercase hex SHA-256, computed independently of bankauth's own helper.
+pub fn sha256_hex(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(value.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

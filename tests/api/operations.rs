@@ -178,6 +178,7 @@ async fn shutdown_lets_in_flight_calls_finish_and_then_refuses_new_ones() {
                         provider: String::new(),
                         user_id: user,
                         scopes,
+                        force_refresh: false,
                     })
                     .await
             })

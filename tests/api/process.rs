@@ -229,6 +229,7 @@ async fn traces_reach_an_otlp_collector_continuing_the_callers_trace() {
     let mut request = tonic::Request::new(bankauth::proto::v1::IssueWidgetTokenRequest {
         provider: String::new(),
         user_id: user,
+        force_refresh: false,
     });
     request.metadata_mut().insert(
         "traceparent",

@@ -89,6 +89,7 @@ async fn a_wrong_moneykit_secret_is_a_credentials_error() {
             provider: "moneykit".into(),
             user_id: String::new(),
             scopes: vec!["accounts:read".into()],
+            force_refresh: false,
         })
         .await
         .unwrap_err();
@@ -267,6 +268,7 @@ async fn two_providers_route_by_name() {
         provider: provider.into(),
         user_id: user_id.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        force_refresh: false,
     };
 
     let mut create = new_user("customer-1");

@@ -43,6 +43,7 @@ async fn widget_burst(app: &TestApp, user: &str, callers: usize) -> Vec<pb::Acce
                 .issue_widget_token(pb::IssueWidgetTokenRequest {
                     provider: String::new(),
                     user_id: user,
+                    force_refresh: false,
                 })
                 .await
                 .unwrap()
@@ -105,6 +106,7 @@ async fn interleaved_requests_never_get_another_users_or_scopes_token() {
                     provider: String::new(),
                     user_id: user.clone(),
                     scopes: scopes.clone(),
+                    force_refresh: false,
                 })
                 .await
                 .unwrap()
@@ -206,6 +208,7 @@ async fn a_caller_giving_up_mid_fetch_does_not_fail_the_others() {
     let mut impatient = tonic::Request::new(pb::IssueWidgetTokenRequest {
         provider: String::new(),
         user_id: user.clone(),
+        force_refresh: false,
     });
     impatient.set_timeout(Duration::from_millis(100));
     let mut first = app.client.clone();
@@ -256,4 +259,104 @@ async fn a_crashed_lock_holder_stalls_others_only_until_its_lock_expires() {
         .query(&mut redis.client().get_connection().unwrap())
         .unwrap();
     assert_eq!(lock, None, "the new holder released its lock");
+}
+
+async fn invalidate(app: &mut TestApp, token: &str, by_hash: bool) -> bool {
+    let hash = crate::helpers::sha256_hex(token);
+    let (access_token, access_token_sha256) = if by_hash {
+        (String::new(), hash)
+    } else {
+        (token.to_owned(), String::new())
+    };
+    app.client
+        .invalidate_token(pb::InvalidateTokenRequest {
+            provider: String::new(),
+            access_token,
+            access_token_sha256,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invalidated
+}
+
+#[tokio::test]
+async fn an_invalidated_token_is_refetched_by_every_replica_but_a_stale_one_evicts_nothing() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut a = spawn_app_with(upstream.clone(), |c| crate::helpers::use_redis(c, &redis)).await;
+    let mut b = spawn_app_with(upstream, |c| crate::helpers::use_redis(c, &redis)).await;
+    let user = a.create_user("customer-1").await;
+    let revoked = a.widget_token(&user).await.unwrap();
+    assert_eq!(
+        b.widget_token(&user).await.unwrap(),
+        revoked,
+        "b holds it in process too"
+    );
+
+    assert!(invalidate(&mut a, &revoked.access_token, false).await);
+    let fresh = a.widget_token(&user).await.unwrap();
+    assert_ne!(fresh, revoked);
+    // b drops its in-process copy when it hears of the invalidation.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.widget_token(&user).await.unwrap() == revoked {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b kept serving the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.widget_token(&user).await.unwrap(), fresh);
+
+    // Invalidating the old token again (late, from another caller) keeps the fresh one.
+    let calls = a.sandbox().token_requests();
+    assert!(!invalidate(&mut b, &revoked.access_token, true).await);
+    assert_eq!(a.widget_token(&user).await.unwrap(), fresh);
+    assert_eq!(b.widget_token(&user).await.unwrap(), fresh);
+    assert_eq!(a.sandbox().token_requests(), calls);
+}
+
+#[tokio::test]
+async fn force_refresh_replaces_the_cached_token() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    let first = app.widget_token(&user).await.unwrap();
+    let calls = app.sandbox().token_requests();
+    let forced = app
+        .client
+        .issue_widget_token(pb::IssueWidgetTokenRequest {
+            provider: String::new(),
+            user_id: user.clone(),
+            force_refresh: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_ne!(forced, first);
+    assert_eq!(app.sandbox().token_requests(), calls + 1);
+    assert_eq!(app.widget_token(&user).await.unwrap(), forced);
+}
+
+#[tokio::test]
+async fn invalidation_needs_exactly_one_form_of_the_token() {
+    let mut app = spawn_app().await;
+    for (access_token, access_token_sha256, field) in [
+        ("", "", "access_token"),
+        ("t", "00", "access_token"),
+        ("", "XYZ", "access_token_sha256"),
+    ] {
+        let status = app
+            .client
+            .invalidate_token(pb::InvalidateTokenRequest {
+                provider: String::new(),
+                access_token: access_token.into(),
+                access_token_sha256: access_token_sha256.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(crate::helpers::error_info(&status).metadata["field"], field);
+    }
 }

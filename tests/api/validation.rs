@@ -163,6 +163,7 @@ async fn an_unknown_provider_names_the_configured_ones() {
         .issue_widget_token(pb::IssueWidgetTokenRequest {
             provider: "moneykit".into(),
             user_id: "u1".into(),
+            force_refresh: false,
         })
         .await
         .unwrap_err();
