@@ -14,8 +14,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use crate::cache::ExpiryPolicy;
 use crate::cache::seal::Sealer;
+use crate::cache::{ExpiryPolicy, RedisTarget, Topology};
 use crate::provider::SigningAlgorithm;
 use crate::telemetry::LogFormat;
 
@@ -92,6 +92,11 @@ pub struct CacheConfig {
     /// `redis://` or `rediss://` URL, possibly with credentials. Without it,
     /// tokens are cached in process (fine for one replica or the demo).
     pub redis_url: Option<SecretString>,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://` URLs), instead
+    /// of `redis_url`; the rest of the cluster is discovered from them.
+    pub redis_cluster_urls: Vec<SecretString>,
+    /// PEM CA bundle trusted for `rediss://`; without it, the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// A token stops being served this long before it expires, so a caller
     /// always receives one with time left to use it (and clock skew is covered)…
     pub safety_margin_secs: u64,
@@ -131,6 +136,8 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_cluster_urls: Vec::new(),
+            redis_ca_file: None,
             safety_margin_secs: 60,
             safety_margin_fraction: 0.1,
             refresh_window: [0.70, 0.85],
@@ -457,12 +464,25 @@ impl Config {
                 "must be positive",
             ));
         }
-        if let Some(url) = &self.cache.redis_url {
+        if self.cache.redis_url.is_some() && !self.cache.redis_cluster_urls.is_empty() {
+            return Err(ConfigError::invalid(
+                "cache.redis_cluster_urls",
+                "set either cache.redis_url (one node) or cache.redis_cluster_urls (a cluster), not both",
+            ));
+        }
+        let urls = self
+            .cache
+            .redis_url
+            .iter()
+            .map(|url| ("cache.redis_url", url));
+        let cluster_urls =
+            (self.cache.redis_cluster_urls.iter()).map(|url| ("cache.redis_cluster_urls", url));
+        for (key, url) in urls.chain(cluster_urls) {
             let parsed = Url::parse(url.expose_secret())
-                .map_err(|_| ConfigError::invalid("cache.redis_url", "is not a URL"))?;
+                .map_err(|_| ConfigError::invalid(key, "is not a URL"))?;
             if !matches!(parsed.scheme(), "redis" | "rediss") {
                 return Err(ConfigError::invalid(
-                    "cache.redis_url",
+                    key,
                     "must start with redis:// or rediss://",
                 ));
             }
@@ -481,9 +501,7 @@ impl Config {
                 "must be [low, high] with 0 < low <= high < 1 - safety_margin_fraction, so refreshing starts while the token is still served",
             ));
         }
-        if self.cache.redis_url.is_some()
-            && self.cache.encryption_keys.is_empty()
-            && !self.cache.allow_plaintext
+        if self.uses_redis() && self.cache.encryption_keys.is_empty() && !self.cache.allow_plaintext
         {
             return Err(ConfigError::invalid(
                 "cache.encryption_keys",
@@ -549,6 +567,30 @@ impl Config {
             })
             .collect::<Result<_, ConfigError>>()?;
         Sealer::new(keys).map_err(|e| ConfigError::invalid("cache.encryption_keys", e.to_string()))
+    }
+
+    fn uses_redis(&self) -> bool {
+        self.cache.redis_url.is_some() || !self.cache.redis_cluster_urls.is_empty()
+    }
+
+    /// Where the shared cache lives, if anywhere, with the CA file read.
+    pub fn redis_target(&self) -> Result<Option<RedisTarget>, ConfigError> {
+        let topology = match &self.cache.redis_url {
+            Some(url) => Topology::SingleNode(url.clone()),
+            None if self.cache.redis_cluster_urls.is_empty() => return Ok(None),
+            None => Topology::Cluster(self.cache.redis_cluster_urls.clone()),
+        };
+        let ca_pem = match &self.cache.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError::invalid("cache.redis_ca_file", format!("cannot be read: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Some(RedisTarget {
+            topology,
+            ca_pem,
+            timeout: Duration::from_millis(self.cache.redis_timeout_ms),
+        }))
     }
 
     pub fn expiry_policy(&self) -> ExpiryPolicy {

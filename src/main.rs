@@ -85,6 +85,7 @@ fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>>
     let config = Config::load(path.as_deref())?;
     Providers::check(&config)?;
     config.cache_sealer()?;
+    config.redis_target()?;
     println!(
         "configuration is valid: {} provider(s)",
         config.providers.len()

@@ -14,7 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::{AuthApi, AuthServiceServer};
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Cache, CacheError, RedisTarget};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::provider::{Providers, SetupError};
@@ -32,8 +32,12 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Provider(#[from] SetupError),
-    #[error("cannot use Redis at cache.redis_url: {0}")]
-    Redis(#[source] CacheError),
+    #[error("cannot use Redis at {key}: {source}")]
+    Redis {
+        key: &'static str,
+        #[source]
+        source: CacheError,
+    },
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -72,15 +76,18 @@ impl Application {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
         let providers = Providers::connect(&config, metrics.clone()).await?;
+        let redis = config.redis_target()?;
         let cache = Cache::connect(
-            config.cache.redis_url.as_ref(),
+            redis.as_ref(),
             config.cache_sealer()?,
-            Duration::from_millis(config.cache.redis_timeout_ms),
             config.cache.max_entries,
             metrics.clone(),
         )
         .await
-        .map_err(StartupError::Redis)?;
+        .map_err(|source| StartupError::Redis {
+            key: redis.as_ref().map_or("cache", RedisTarget::config_key),
+            source,
+        })?;
         let service = Arc::new(AuthService::new(
             providers.clone(),
             cache.clone(),

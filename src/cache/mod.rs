@@ -5,6 +5,7 @@
 //! counted and logged, and the caller is served from the provider instead.
 
 mod memory;
+mod redis_connection;
 mod redis_store;
 pub mod seal;
 pub mod single_flight;
@@ -12,13 +13,13 @@ pub mod single_flight;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{AccessToken, ScopeSet, UserId};
 use crate::telemetry::Metrics;
 pub use memory::MemoryStore;
+pub use redis_connection::{RedisTarget, Topology};
 pub use redis_store::{RedisStore, fingerprint};
 
 /// Bumped whenever the key derivation or the stored value's shape changes,
@@ -174,14 +175,13 @@ impl Cache {
     /// Connects to Redis when a URL is given (failing at startup if it is
     /// unreachable); the in-process tier is always there.
     pub async fn connect(
-        redis_url: Option<&SecretString>,
+        redis: Option<&RedisTarget>,
         sealer: seal::Sealer,
-        timeout: Duration,
         max_entries: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Self, CacheError> {
-        let redis = match redis_url {
-            Some(url) => Some(RedisStore::connect(url.expose_secret(), sealer, timeout).await?),
+        let redis = match redis {
+            Some(target) => Some(RedisStore::connect(target, sealer).await?),
             None => None,
         };
         Ok(Self {

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tracing::Instrument;
-
 use std::sync::Arc;
 
+use redis::AsyncCommands;
+use tracing::Instrument;
+
+use super::redis_connection::{Connection, RedisTarget};
 use super::seal::Sealer;
 use super::{CacheError, CachedToken, TokenKey, UserKey};
 
@@ -25,11 +25,10 @@ return 0
 "#;
 
 /// Deletes a token entry only if it still holds the token with this
-/// fingerprint (values start with it), and its index entry with it.
+/// fingerprint (values start with it). One key, so it runs on a cluster too.
 const DELETE_IF_TOKEN: &str = r#"
 local value = redis.call("GET", KEYS[1])
 if value and string.sub(value, 1, 64) == ARGV[1] then
-    redis.call("DEL", KEYS[2])
     return redis.call("DEL", KEYS[1])
 end
 return 0
@@ -38,11 +37,12 @@ return 0
 /// The channel replicas announce invalidated fingerprints on.
 const INVALIDATIONS: &str = "bankauth:v1:invalidations";
 
-/// A Redis connection that reconnects by itself after an outage.
+/// The shared cache on a Redis node or cluster. Every command names one key
+/// (keys of one operation would hash to different cluster slots).
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    connection: ConnectionManager,
+    subscribers: Vec<redis::Client>,
+    connection: Connection,
     release_lock: redis::Script,
     delete_if_token: redis::Script,
     sealer: Arc<Sealer>,
@@ -56,16 +56,10 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects once, so a wrong URL or an unreachable Redis stops startup.
-    pub async fn connect(url: &str, sealer: Sealer, timeout: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let connection = client.get_connection_manager_with_config(config).await?;
+    pub async fn connect(target: &RedisTarget, sealer: Sealer) -> Result<Self, CacheError> {
         Ok(Self {
-            client,
-            connection,
+            subscribers: target.subscribers()?,
+            connection: target.connect().await?,
             release_lock: redis::Script::new(RELEASE_LOCK),
             delete_if_token: redis::Script::new(DELETE_IF_TOKEN),
             sealer: Arc::new(sealer),
@@ -106,12 +100,13 @@ impl RedisStore {
             &self.sealer.seal(key.as_str(), &plaintext),
         ]
         .concat();
-        let _: () = redis::pipe()
+        let mut connection = self.connection.clone();
+        let _: () = connection
             .pset_ex(key.as_str(), value, millis(ttl))
-            .ignore()
+            .instrument(span("SET"))
+            .await?;
+        let _: () = connection
             .pset_ex(index_name(&fingerprint), key.as_str(), millis(ttl))
-            .ignore()
-            .query_async(&mut self.connection.clone())
             .instrument(span("SET"))
             .await?;
         Ok(())
@@ -163,10 +158,16 @@ impl RedisStore {
                 let deleted: i64 = self
                     .delete_if_token
                     .key(key)
-                    .key(index)
                     .arg(fingerprint)
                     .invoke_async(&mut self.connection.clone())
                     .instrument(span("EVALSHA"))
+                    .await?;
+                // The index entry is stale either way: its token is gone or replaced.
+                let _: i64 = self
+                    .connection
+                    .clone()
+                    .del(&index)
+                    .instrument(span("DEL"))
                     .await?;
                 deleted > 0
             }
@@ -182,10 +183,11 @@ impl RedisStore {
     }
 
     /// Calls `drop_local` with every fingerprint any replica invalidates,
-    /// reconnecting after an outage; runs until the task is dropped.
+    /// reconnecting (to the next cluster seed) after an outage; runs until
+    /// the task is dropped.
     pub async fn follow_invalidations(&self, drop_local: impl Fn(&str)) {
-        loop {
-            match self.client.get_async_pubsub().await {
+        for client in self.subscribers.iter().cycle() {
+            match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(INVALIDATIONS).await.is_ok() {
                         let mut messages = pubsub.on_message();

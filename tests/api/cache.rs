@@ -74,7 +74,7 @@ async fn an_unreachable_redis_stops_startup_with_a_clear_error() {
         Err(error) => error,
         Ok(_) => panic!("startup succeeded without Redis"),
     };
-    assert!(matches!(error, StartupError::Redis(_)));
+    assert!(matches!(error, StartupError::Redis { .. }));
     assert!(error.to_string().contains("cache.redis_url"), "{error}");
 }
 
@@ -126,9 +126,9 @@ async fn redis_values_are_sealed_and_do_not_open_under_another_key() {
     assert!(
         sealed.starts_with(b"v1.k1."),
         "not sealed: {:?}",
-        String::from_utf8_lossy(&sealed)
+        String::from_utf8_lossy(sealed)
     );
-    let raw = String::from_utf8_lossy(&sealed);
+    let raw = String::from_utf8_lossy(sealed);
     assert!(
         !raw.contains(&token.access_token[..20]) && !raw.contains("Bearer"),
         "{raw}"

@@ -108,6 +108,25 @@ impl TestApp {
         &self.upstream.sandbox
     }
 
+    /// InvalidateToken by the token itself or (`by_hash`) by its SHA-256.
+    pub async fn invalidate(&mut self, token: &str, by_hash: bool) -> bool {
+        let (access_token, access_token_sha256) = if by_hash {
+            (String::new(), sha256_hex(token))
+        } else {
+            (token.to_owned(), String::new())
+        };
+        self.client
+            .invalidate_token(pb::InvalidateTokenRequest {
+                provider: String::new(),
+                access_token,
+                access_token_sha256,
+            })
+            .await
+            .expect("InvalidateToken succeeds")
+            .into_inner()
+            .invalidated
+    }
+
     /// Creates a user with the given external id and returns its provider id.
     pub async fn create_user(&mut self, external_id: &str) -> String {
         self.client
@@ -183,19 +202,8 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}). Install it with `apt-get install redis-server` \
-                     (.ci/run does this)"
-                )
-            });
         let server = Self {
-            child,
+            child: spawn_redis_server(&["--port", &port.to_string()]),
             port,
             key: encryption_key("k1"),
         };
@@ -235,6 +243,21 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Starts `redis-server` on loopback with persistence off and `args` added.
+pub fn spawn_redis_server(args: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}). Install it with `apt-get install redis-server` \
+                 (.ci/run does this)"
+            )
+        })
 }
 
 impl Drop for RedisServer {

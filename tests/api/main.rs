@@ -7,6 +7,7 @@ mod helpers;
 mod operations;
 mod process;
 mod providers;
+mod redis_modes;
 mod server;
 mod stampede;
 mod tokens;

@@ -261,25 +261,6 @@ async fn a_crashed_lock_holder_stalls_others_only_until_its_lock_expires() {
     assert_eq!(lock, None, "the new holder released its lock");
 }
 
-async fn invalidate(app: &mut TestApp, token: &str, by_hash: bool) -> bool {
-    let hash = crate::helpers::sha256_hex(token);
-    let (access_token, access_token_sha256) = if by_hash {
-        (String::new(), hash)
-    } else {
-        (token.to_owned(), String::new())
-    };
-    app.client
-        .invalidate_token(pb::InvalidateTokenRequest {
-            provider: String::new(),
-            access_token,
-            access_token_sha256,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .invalidated
-}
-
 #[tokio::test]
 async fn an_invalidated_token_is_refetched_by_every_replica_but_a_stale_one_evicts_nothing() {
     let redis = RedisServer::start();
@@ -294,7 +275,7 @@ async fn an_invalidated_token_is_refetched_by_every_replica_but_a_stale_one_evic
         "b holds it in process too"
     );
 
-    assert!(invalidate(&mut a, &revoked.access_token, false).await);
+    assert!(a.invalidate(&revoked.access_token, false).await);
     let fresh = a.widget_token(&user).await.unwrap();
     assert_ne!(fresh, revoked);
     // b drops its in-process copy when it hears of the invalidation.
@@ -310,7 +291,7 @@ async fn an_invalidated_token_is_refetched_by_every_replica_but_a_stale_one_evic
 
     // Invalidating the old token again (late, from another caller) keeps the fresh one.
     let calls = a.sandbox().token_requests();
-    assert!(!invalidate(&mut b, &revoked.access_token, true).await);
+    assert!(!b.invalidate(&revoked.access_token, true).await);
     assert_eq!(a.widget_token(&user).await.unwrap(), fresh);
     assert_eq!(b.widget_token(&user).await.unwrap(), fresh);
     assert_eq!(a.sandbox().token_requests(), calls);
