@@ -15,7 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::cache::seal::Sealer;
-use crate::cache::{ExpiryPolicy, RedisTarget, Topology};
+use crate::cache::{ExpiryPolicy, RedisTarget, Tiers, Topology};
 use crate::provider::SigningAlgorithm;
 use crate::telemetry::LogFormat;
 
@@ -110,6 +110,10 @@ pub struct CacheConfig {
     pub redis_timeout_ms: u64,
     /// Entries in the in-process cache (tokens, and remembered user ids).
     pub max_entries: u64,
+    /// With Redis: how long a replica keeps its own copy of a Redis entry
+    /// (0: none, every hit reads Redis). Bounds how long a replica that
+    /// missed an invalidation message can serve the revoked token.
+    pub memory_ttl_secs: u64,
     /// AES-256-GCM keys sealing token values in Redis. The first seals; all
     /// open, so a new key goes first and the old one stays until its values expire.
     pub encryption_keys: Vec<EncryptionKeyConfig>,
@@ -143,6 +147,7 @@ impl Default for CacheConfig {
             refresh_window: [0.70, 0.85],
             redis_timeout_ms: 1_000,
             max_entries: 100_000,
+            memory_ttl_secs: 60,
             encryption_keys: Vec::new(),
             allow_plaintext: false,
         }
@@ -591,6 +596,13 @@ impl Config {
             ca_pem,
             timeout: Duration::from_millis(self.cache.redis_timeout_ms),
         }))
+    }
+
+    pub fn cache_tiers(&self) -> Tiers {
+        Tiers {
+            max_entries: self.cache.max_entries,
+            memory_ttl: Duration::from_secs(self.cache.memory_ttl_secs),
+        }
     }
 
     pub fn expiry_policy(&self) -> ExpiryPolicy {

@@ -402,7 +402,11 @@ impl AuthService {
                     let entry = expiry.entry(token.clone(), issued_at);
                     cache.put_token(&key, &entry, now_millis()).await;
                 }
-                Err(_) => cache.postpone_refresh(&key, now_millis(), REFRESH_RETRY),
+                Err(_) => {
+                    cache
+                        .postpone_refresh(&key, now_millis(), REFRESH_RETRY)
+                        .await
+                }
             }
             if let Some(lock) = lock {
                 cache.release(lock).await;

@@ -84,6 +84,13 @@ impl CachedToken {
     }
 }
 
+/// Sizes of the in-process tier.
+#[derive(Debug, Clone, Copy)]
+pub struct Tiers {
+    pub max_entries: u64,
+    pub memory_ttl: Duration,
+}
+
 /// When tokens stop being served and start being refreshed.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpiryPolicy {
@@ -168,6 +175,9 @@ const FILL_POLL: Duration = Duration::from_millis(25);
 pub struct Cache {
     memory: MemoryStore,
     redis: Option<RedisStore>,
+    /// How long an in-process copy of a Redis entry is trusted; zero keeps
+    /// none. Without Redis, the in-process tier is the cache and unbounded by this.
+    memory_ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -177,7 +187,7 @@ impl Cache {
     pub async fn connect(
         redis: Option<&RedisTarget>,
         sealer: seal::Sealer,
-        max_entries: u64,
+        tiers: Tiers,
         metrics: Arc<Metrics>,
     ) -> Result<Self, CacheError> {
         let redis = match redis {
@@ -185,10 +195,24 @@ impl Cache {
             None => None,
         };
         Ok(Self {
-            memory: MemoryStore::new(max_entries),
+            memory: MemoryStore::new(tiers.max_entries),
             redis,
+            memory_ttl: tiers.memory_ttl,
             metrics,
         })
+    }
+
+    /// Keeps a copy in process, for no longer than `memory_ttl` when Redis
+    /// holds the original: a replica that missed an invalidation message
+    /// serves the revoked token no longer than that.
+    fn keep_local(&self, key: &TokenKey, token: &CachedToken, ttl: Duration) {
+        let ttl = match self.redis {
+            Some(_) => ttl.min(self.memory_ttl),
+            None => ttl,
+        };
+        if !ttl.is_zero() {
+            self.memory.put_token(key, token, ttl);
+        }
     }
 
     /// A servable cached token: from this process, else from Redis (then
@@ -201,7 +225,7 @@ impl Cache {
         }
         let shared = self.get_shared(key, now_ms).await?;
         if let Some(ttl) = shared.ttl(now_ms) {
-            self.memory.put_token(key, &shared, ttl);
+            self.keep_local(key, &shared, ttl);
         }
         Some(shared)
     }
@@ -223,7 +247,7 @@ impl Cache {
         let Some(ttl) = token.ttl(now_ms) else {
             return;
         };
-        self.memory.put_token(key, token, ttl);
+        self.keep_local(key, token, ttl);
         if let Some(redis) = &self.redis {
             let written = redis.put_token(key, token, ttl).await;
             self.report(
@@ -233,14 +257,16 @@ impl Cache {
         }
     }
 
-    /// After a failed refresh, keeps serving this process's copy and tries
+    /// After a failed refresh, keeps serving the cached token and tries
     /// again no sooner than `delay` from now, so an outage is not hammered.
-    pub fn postpone_refresh(&self, key: &TokenKey, now_ms: i64, delay: Duration) {
-        if let Some(mut token) = self.memory.get_token(key) {
+    pub async fn postpone_refresh(&self, key: &TokenKey, now_ms: i64, delay: Duration) {
+        let cached = match self.memory.get_token(key) {
+            Some(token) => Some(token),
+            None => self.get_shared(key, now_ms).await,
+        };
+        if let Some(mut token) = cached.filter(|t| t.is_servable(now_ms)) {
             token.refresh_at_ms = now_ms + delay.as_millis() as i64;
-            if let Some(ttl) = token.ttl(now_ms) {
-                self.memory.put_token(key, &token, ttl);
-            }
+            self.put_token(key, &token, now_ms).await;
         }
     }
 

@@ -181,3 +181,30 @@ async fn a_key_rotation_keeps_serving_from_the_cache() {
     after_rotation.widget_token(&other).await.unwrap();
     assert!(raw_widget_entry(&redis, &other).1[64..].starts_with(b"v1.2026-11."));
 }
+
+#[tokio::test]
+async fn a_replica_trusts_its_own_copy_of_a_redis_entry_no_longer_than_memory_ttl() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        crate::helpers::use_redis(c, &redis);
+        c.cache.memory_ttl_secs = 1;
+    })
+    .await;
+    let user = app.create_user("customer-1").await;
+    let token = app.widget_token(&user).await.unwrap();
+    let calls = app.sandbox().token_requests();
+
+    // The Redis entry vanishes without an invalidation message reaching this
+    // replica (a flush, a missed pub/sub message): its own copy still serves…
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut redis.client().get_connection().unwrap())
+        .unwrap();
+    assert_eq!(app.widget_token(&user).await.unwrap(), token);
+    assert_eq!(app.sandbox().token_requests(), calls);
+
+    // …until memory_ttl_secs has passed; then it asks Redis, and the provider.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    assert_ne!(app.widget_token(&user).await.unwrap(), token);
+    assert_eq!(app.sandbox().token_requests(), calls + 1);
+}
