@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -80,7 +80,7 @@ impl Application {
         let cache = Cache::connect(
             redis.as_ref(),
             config.cache_sealer()?,
-            config.cache.max_entries,
+            config.cache_tiers(),
             metrics.clone(),
         )
         .await
@@ -164,7 +164,7 @@ impl Application {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(auth)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+            .serve_with_incoming_shutdown(accept(self.listener), async {
                 stopped.await.ok();
             });
         tokio::pin!(server);
@@ -189,6 +189,13 @@ impl Application {
             }
         }
     }
+}
+
+/// Accepted connections with Nagle off: a response's headers, body and
+/// trailers go out in separate writes, and Nagle would hold the later ones
+/// for the caller's delayed ACK (40 ms on Linux).
+fn accept(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartupError> {

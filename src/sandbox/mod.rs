@@ -288,6 +288,27 @@ impl Sandbox {
         self.state.scim_requests.load(Ordering::SeqCst)
     }
 
+    /// Registers `count` users directly, as if created over SCIM, and
+    /// returns their ids: a load test needs many users, not many SCIM calls.
+    pub fn seed_users(&self, count: usize) -> Vec<String> {
+        let mut users = self.state.users.lock().expect("users lock");
+        (0..count)
+            .map(|_| {
+                let id = oidc::random_id();
+                let user = ScimUser {
+                    id: id.clone(),
+                    external_id: format!("seeded-{id}"),
+                    meta: Default::default(),
+                    name: Default::default(),
+                    emails: Vec::new(),
+                    subtenant: None,
+                };
+                users.insert(id.clone(), user);
+                id
+            })
+            .collect()
+    }
+
     /// Users the sandbox holds.
     pub fn user_count(&self) -> usize {
         self.state.users.lock().expect("users lock").len()
