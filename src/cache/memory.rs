@@ -6,13 +6,21 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache as Moka;
 
-use super::redis_store::fingerprint;
+use moka::ops::compute::{CompResult, Op};
+
+/// SHA-256 of a token (the raw form of [`super::fingerprint`]).
+fn fingerprint(access_token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(access_token.as_bytes()).into()
+}
 use super::{CachedToken, TokenKey, UserKey};
 
 #[derive(Clone)]
 struct Entry {
     token: Arc<CachedToken>,
     ttl: Duration,
+    /// The token's SHA-256, to find it on invalidation.
+    fingerprint: [u8; 32],
 }
 
 /// Tells moka to drop each token entry after its own time to live.
@@ -38,8 +46,6 @@ impl moka::Expiry<TokenKey, Entry> for PerEntryTtl {
 #[derive(Clone)]
 pub struct MemoryStore {
     tokens: Moka<TokenKey, Entry>,
-    /// Token fingerprint → its key, to invalidate by token.
-    fingerprints: Moka<String, TokenKey>,
     users: Moka<UserKey, String>,
 }
 
@@ -59,10 +65,6 @@ impl MemoryStore {
                 .max_capacity(max_entries)
                 .expire_after(PerEntryTtl)
                 .build(),
-            fingerprints: Moka::builder()
-                .max_capacity(max_entries)
-                .time_to_live(Duration::from_secs(24 * 3600))
-                .build(),
             users: Moka::builder().max_capacity(max_entries).build(),
         }
     }
@@ -77,26 +79,34 @@ impl MemoryStore {
         let entry = Entry {
             token: Arc::new(token.clone()),
             ttl,
+            fingerprint: fingerprint(&token.token.access_token),
         };
         self.tokens.insert(key.clone(), entry);
-        self.fingerprints
-            .insert(fingerprint(&token.token.access_token), key.clone());
     }
 
     /// Drops the entry holding the token with `fingerprint`, if it still
     /// holds that token; a fresher token under the same key stays.
+    ///
+    /// A scan rather than an index: invalidations are rare, and an index
+    /// would cost every cached token a second entry.
     pub fn invalidate(&self, fingerprint_hex: &str) -> bool {
-        let Some(key) = self.fingerprints.remove(fingerprint_hex) else {
+        let Some(target) = hex::decode(fingerprint_hex)
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        else {
             return false;
         };
-        let holds_it = self
+        let Some((key, _)) = self.tokens.iter().find(|(_, e)| e.fingerprint == target) else {
+            return false;
+        };
+        let removed = self
             .tokens
-            .get(&key)
-            .is_some_and(|entry| fingerprint(&entry.token.token.access_token) == fingerprint_hex);
-        if holds_it {
-            self.tokens.invalidate(&key);
-        }
-        holds_it
+            .entry_by_ref(&*key)
+            .and_compute_with(|entry| match entry {
+                Some(entry) if entry.value().fingerprint == target => Op::Remove,
+                _ => Op::Nop,
+            });
+        matches!(removed, CompResult::Removed(_))
     }
 
     pub fn remembered_user(&self, key: &UserKey) -> Option<String> {

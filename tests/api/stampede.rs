@@ -298,6 +298,22 @@ async fn an_invalidated_token_is_refetched_by_every_replica_but_a_stale_one_evic
 }
 
 #[tokio::test]
+async fn invalidation_without_redis_drops_the_in_process_token_once() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    let other = app.create_user("customer-2").await;
+    let revoked = app.widget_token(&user).await.unwrap();
+    let kept = app.widget_token(&other).await.unwrap();
+    let calls = app.sandbox().token_requests();
+
+    assert!(app.invalidate(&revoked.access_token, true).await);
+    assert!(!app.invalidate(&revoked.access_token, false).await);
+    assert_ne!(app.widget_token(&user).await.unwrap(), revoked);
+    assert_eq!(app.widget_token(&other).await.unwrap(), kept);
+    assert_eq!(app.sandbox().token_requests(), calls + 1);
+}
+
+#[tokio::test]
 async fn force_refresh_replaces_the_cached_token() {
     let mut app = spawn_app().await;
     let user = app.create_user("customer-1").await;
