@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::cache::single_flight::{Flight, SingleFlight};
-use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, UserKey, fingerprint};
+use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint};
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
 use crate::provider::{
     Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers, SCIM_READ_SCOPE,
@@ -342,7 +342,14 @@ impl AuthService {
         scopes: &ScopeSet,
         force_refresh: bool,
     ) -> Result<(AccessToken, CacheOutcome), Error> {
-        let key = TokenKey::new(provider.name(), provider.client_id(), sub, scopes);
+        let endpoints = provider.endpoints();
+        let source = TokenSource {
+            provider: provider.name(),
+            token_url: endpoints.token_url.as_str(),
+            client_id: provider.client_id(),
+            client_auth: provider.client_auth_method(),
+        };
+        let key = TokenKey::new(&source, sub, scopes);
         let now = now_millis();
         let cached = self.cache.get_token(&key, now).await;
         if let (true, Some(revoked)) = (force_refresh, &cached) {

@@ -26,17 +26,32 @@ pub use redis_store::{RedisStore, fingerprint};
 /// so old entries are simply never read again.
 const KEY_VERSION: &str = "v1";
 
-/// Identifies one token: provider, client, subject and normalised scopes.
-/// Hashed, so Redis key names reveal no user id or scope.
+/// Who mints a token: everything about the request besides `sub` and the
+/// scopes that could change what comes back. Pointing a provider name at
+/// another token endpoint or client changes the key, so a sandbox token is
+/// never served as a production one.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSource<'a> {
+    pub provider: &'a str,
+    pub token_url: &'a str,
+    pub client_id: &'a str,
+    pub client_auth: &'a str,
+}
+
+/// Identifies one token: its source, subject and normalised scopes. The
+/// cache and single-flight key alike. Hashed, so Redis key names reveal no
+/// user id or scope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenKey(String);
 
 impl TokenKey {
-    pub fn new(provider: &str, client_id: &str, sub: Option<&UserId>, scopes: &ScopeSet) -> Self {
+    pub fn new(source: &TokenSource<'_>, sub: Option<&UserId>, scopes: &ScopeSet) -> Self {
         let canonical = serde_json::json!([
             KEY_VERSION,
-            provider,
-            client_id,
+            source.provider,
+            source.token_url,
+            source.client_id,
+            source.client_auth,
             sub.map(UserId::as_str),
             scopes.to_vec(),
         ]);
@@ -441,27 +456,32 @@ mod tests {
 
     #[test]
     fn token_keys_hide_the_user_and_normalise_scopes() {
+        let source = TokenSource {
+            provider: "mh",
+            token_url: "https://identity.example/oidc/token",
+            client_id: "client",
+            client_auth: "private_key_jwt",
+        };
         let user = UserId::parse("user_id", "user-42").unwrap();
-        let a = TokenKey::new(
-            "mh",
-            "client",
+        let scopes = ScopeSet::parse("s", &["a", "b"]).unwrap();
+        let a = TokenKey::new(&source, Some(&user), &scopes);
+        let b = TokenKey::new(
+            &source,
             Some(&user),
             &ScopeSet::parse("s", &["b", "a", "a"]).unwrap(),
         );
-        let b = TokenKey::new(
-            "mh",
-            "client",
-            Some(&user),
-            &ScopeSet::parse("s", &["a", "b"]).unwrap(),
-        );
         assert_eq!(a, b);
         assert!(!a.as_str().contains("user-42"));
-        let other = TokenKey::new(
-            "mh",
-            "client",
-            None,
-            &ScopeSet::parse("s", &["a", "b"]).unwrap(),
-        );
-        assert_ne!(a, other);
+        assert_ne!(a, TokenKey::new(&source, None, &scopes));
+        let elsewhere = TokenSource {
+            token_url: "https://sandbox.example/oidc/token",
+            ..source
+        };
+        assert_ne!(a, TokenKey::new(&elsewhere, Some(&user), &scopes));
+        let by_secret = TokenSource {
+            client_auth: "client_secret_basic",
+            ..source
+        };
+        assert_ne!(a, TokenKey::new(&by_secret, Some(&user), &scopes));
     }
 }

@@ -1,8 +1,5 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bankauth::cache::TokenKey;
-use bankauth::demo::{DEMO_CLIENT_ID, DEMO_PROVIDER};
-use bankauth::domain::{ScopeSet, UserId};
 use bankauth::server::{Application, StartupError};
 use redis::Commands;
 
@@ -20,12 +17,7 @@ async fn the_redis_entry_expires_the_safety_margin_before_the_token() {
     let user = app.create_user("customer-1").await;
     let token = app.widget_token(&user).await.unwrap();
 
-    let key = TokenKey::new(
-        DEMO_PROVIDER,
-        DEMO_CLIENT_ID,
-        Some(&UserId::parse("user_id", &user).unwrap()),
-        &ScopeSet::single("widget_authentication"),
-    );
+    let key = crate::helpers::widget_key(app.sandbox(), &user);
     let ttl_ms: i64 = redis
         .client()
         .get_connection()
@@ -94,13 +86,12 @@ async fn redis_without_an_encryption_key_is_refused_unless_explicitly_allowed() 
 }
 
 /// Reads the raw Redis value of `user`'s widget token.
-fn raw_widget_entry(redis: &RedisServer, user: &str) -> (String, Vec<u8>) {
-    let key = TokenKey::new(
-        DEMO_PROVIDER,
-        DEMO_CLIENT_ID,
-        Some(&UserId::parse("user_id", user).unwrap()),
-        &ScopeSet::single("widget_authentication"),
-    );
+fn raw_widget_entry(
+    redis: &RedisServer,
+    sandbox: &bankauth::sandbox::Sandbox,
+    user: &str,
+) -> (String, Vec<u8>) {
+    let key = crate::helpers::widget_key(sandbox, user);
     let value: Vec<u8> = redis
         .client()
         .get_connection()
@@ -119,7 +110,7 @@ async fn redis_values_are_sealed_and_do_not_open_under_another_key() {
     let bob = app.create_user("bob").await;
     let token = app.widget_token(&alice).await.unwrap();
 
-    let (_, stored) = raw_widget_entry(&redis, &alice);
+    let (_, stored) = raw_widget_entry(&redis, app.sandbox(), &alice);
     // A value is the token's SHA-256 fingerprint (for InvalidateToken), then the sealed token.
     let (fingerprint, sealed) = stored.split_at(64);
     assert_eq!(fingerprint, sha256_hex(&token.access_token).as_bytes());
@@ -135,12 +126,7 @@ async fn redis_values_are_sealed_and_do_not_open_under_another_key() {
     );
 
     // Alice's sealed token planted under Bob's key does not open: Bob gets his own.
-    let bob_key = TokenKey::new(
-        DEMO_PROVIDER,
-        DEMO_CLIENT_ID,
-        Some(&UserId::parse("user_id", &bob).unwrap()),
-        &ScopeSet::single("widget_authentication"),
-    );
+    let bob_key = crate::helpers::widget_key(app.sandbox(), &bob);
     let _: () = redis
         .client()
         .get_connection()
@@ -179,7 +165,10 @@ async fn a_key_rotation_keeps_serving_from_the_cache() {
 
     let other = after_rotation.create_user("customer-2").await;
     after_rotation.widget_token(&other).await.unwrap();
-    assert!(raw_widget_entry(&redis, &other).1[64..].starts_with(b"v1.2026-11."));
+    assert!(
+        raw_widget_entry(&redis, after_rotation.sandbox(), &other).1[64..]
+            .starts_with(b"v1.2026-11.")
+    );
 }
 
 #[tokio::test]
@@ -207,4 +196,20 @@ async fn a_replica_trusts_its_own_copy_of_a_redis_entry_no_longer_than_memory_tt
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     assert_ne!(app.widget_token(&user).await.unwrap(), token);
     assert_eq!(app.sandbox().token_requests(), calls + 1);
+}
+
+#[tokio::test]
+async fn a_provider_name_pointed_at_another_token_endpoint_does_not_reuse_its_tokens() {
+    let redis = RedisServer::start();
+    // Two token endpoints (think sandbox and production) behind one provider
+    // name and client id, sharing one Redis.
+    let sandbox = start_upstream().await;
+    let production = start_upstream().await;
+    let mut before = spawn_app_with(sandbox, |c| crate::helpers::use_redis(c, &redis)).await;
+    let mut after = spawn_app_with(production, |c| crate::helpers::use_redis(c, &redis)).await;
+
+    let sandbox_token = before.data_token("", &["scim_user:read"]).await.unwrap();
+    let production_token = after.data_token("", &["scim_user:read"]).await.unwrap();
+    assert_ne!(production_token, sandbox_token);
+    assert_eq!(after.sandbox().token_requests(), 1);
 }

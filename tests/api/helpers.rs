@@ -376,3 +376,19 @@ pub fn sha256_hex(value: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The cache key of `user`'s widget token from the demo provider at `sandbox`.
+pub fn widget_key(sandbox: &bankauth::sandbox::Sandbox, user: &str) -> bankauth::cache::TokenKey {
+    let token_url = format!("{}/token", sandbox.issuer());
+    let source = bankauth::cache::TokenSource {
+        provider: bankauth::demo::DEMO_PROVIDER,
+        token_url: &token_url,
+        client_id: bankauth::demo::DEMO_CLIENT_ID,
+        client_auth: "private_key_jwt",
+    };
+    bankauth::cache::TokenKey::new(
+        &source,
+        Some(&bankauth::domain::UserId::parse("user_id", user).unwrap()),
+        &bankauth::domain::ScopeSet::single("widget_authentication"),
+    )
+}

@@ -5,9 +5,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bankauth::cache::TokenKey;
-use bankauth::demo::{DEMO_CLIENT_ID, DEMO_PROVIDER};
-use bankauth::domain::{ScopeSet, UserId};
 use bankauth::proto::v1 as pb;
 use bankauth::sandbox::{Endpoint, Fault};
 use futures::future::join_all;
@@ -237,12 +234,7 @@ async fn a_crashed_lock_holder_stalls_others_only_until_its_lock_expires() {
     let before = app.sandbox().token_requests();
 
     // Another replica took the fill lock and died without releasing it.
-    let key = TokenKey::new(
-        DEMO_PROVIDER,
-        DEMO_CLIENT_ID,
-        Some(&UserId::parse("user_id", &user).unwrap()),
-        &ScopeSet::single("widget_authentication"),
-    );
+    let key = crate::helpers::widget_key(app.sandbox(), &user);
     let _: () = redis::cmd("SET")
         .arg(key.lock_name())
         .arg("crashed-replica")

@@ -129,12 +129,7 @@ async fn a_token_living_less_than_the_margin_still_caches_for_most_of_its_life()
 
     // Served until a tenth of its life before expiry, not a minute (which
     // would be longer than it lives).
-    let key = bankauth::cache::TokenKey::new(
-        bankauth::demo::DEMO_PROVIDER,
-        bankauth::demo::DEMO_CLIENT_ID,
-        Some(&bankauth::domain::UserId::parse("user_id", &user).unwrap()),
-        &bankauth::domain::ScopeSet::single("widget_authentication"),
-    );
+    let key = crate::helpers::widget_key(app.sandbox(), &user);
     let ttl_ms: i64 =
         redis::Commands::pttl(&mut redis.client().get_connection().unwrap(), key.as_str()).unwrap();
     assert!((25_000..=27_000).contains(&ttl_ms), "Redis TTL {ttl_ms} ms");
