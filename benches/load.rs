@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bankauth::config::{Config, EncryptionKeyConfig, ProviderConfig, ProviderKind};
+use bankauth::config::{
+    AccessConfig, CallerConfig, Config, EncryptionKeyConfig, ProviderConfig, ProviderKind,
+};
 use bankauth::demo::{DEMO_CLIENT_ID, DEMO_DATA_SCOPES, DEMO_PROVIDER, DemoUpstream};
 use bankauth::proto::v1 as pb;
 use bankauth::sandbox::SandboxOptions;
@@ -171,10 +173,14 @@ async fn serve_bankauth() {
         server: Default::default(),
         cache: Default::default(),
         telemetry: Default::default(),
+        access: AccessConfig {
+            allow_anonymous: false,
+            callers: [("bench".to_owned(), bench_caller())].into(),
+        },
         providers: [(DEMO_PROVIDER.to_owned(), provider)].into(),
     };
     config.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.cache.max_entries = 1_000_000;
+    config.cache.max_entries = 200_000;
     if let Some(url) = env("BENCH_REDIS_URL") {
         config.cache.redis_url = Some(SecretString::from(url));
         config.cache.memory_ttl_secs = 0;
@@ -188,6 +194,23 @@ async fn serve_bankauth() {
     let app = Application::build(config).await.expect("bankauth starts");
     println!("ready {}", app.local_addr());
     app.run_until_stopped(std::future::pending()).await.unwrap();
+}
+
+/// The load generator's identity: every request carries its API key, as
+/// production callers do.
+const API_KEY: &str = "bench-api-key";
+
+fn bench_caller() -> CallerConfig {
+    use sha2::Digest;
+    let everything = vec!["*".to_owned()];
+    CallerConfig {
+        api_key_sha256: vec![hex::encode(sha2::Sha256::digest(API_KEY))],
+        rpcs: everything.clone(),
+        providers: everything.clone(),
+        scopes: everything,
+        requests_per_second: None,
+        burst: None,
+    }
 }
 
 /// A server under test in its own process, killed when dropped.
@@ -308,13 +331,7 @@ async fn drive(
             while started.elapsed() < duration {
                 let Some(user_id) = users.next() else { break };
                 let sent = Instant::now();
-                let answer = client
-                    .issue_widget_token(pb::IssueWidgetTokenRequest {
-                        provider: String::new(),
-                        user_id,
-                        force_refresh: false,
-                    })
-                    .await;
+                let answer = client.issue_widget_token(widget_request(user_id)).await;
                 latencies.push(sent.elapsed());
                 if let Err(status) = answer {
                     if errors == 0 {
@@ -396,11 +413,7 @@ async fn run(options: Options) {
     // In-process hits; the first call fills the cache, the warm-up runs past it.
     let memory = ServerProcess::start("bankauth", &bankauth_env);
     let token_len = memory.channels(1).await[0]
-        .issue_widget_token(pb::IssueWidgetTokenRequest {
-            provider: String::new(),
-            user_id: hot_user.clone(),
-            force_refresh: false,
-        })
+        .issue_widget_token(widget_request(hot_user.clone()))
         .await
         .expect("a widget token")
         .into_inner()
@@ -493,6 +506,17 @@ fn report(
     println!(
         "resident memory: {idle_mib:.1} MiB idle, {full_mib:.1} MiB with {tokens} cached tokens of {token_len} bytes"
     );
+}
+
+fn widget_request(user_id: String) -> Request<pb::IssueWidgetTokenRequest> {
+    let mut request = Request::new(pb::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id,
+        force_refresh: false,
+    });
+    let bearer = format!("Bearer {API_KEY}").parse().expect("ASCII metadata");
+    request.metadata_mut().insert("authorization", bearer);
+    request
 }
 
 fn ms(duration: Duration) -> f64 {

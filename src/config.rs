@@ -50,6 +50,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
     /// Providers by the name callers use in the `provider` request field.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -74,6 +76,37 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 20_000,
         }
     }
+}
+
+/// Who may call bankauth, and for what (see [`crate::access`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Requests without credentials are served with every permission. For
+    /// development only (the demo sets it).
+    pub allow_anonymous: bool,
+    /// Callers by name (the name appears in logs and errors).
+    pub callers: BTreeMap<String, CallerConfig>,
+}
+
+/// One calling service: its API keys (as hashes) and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Lowercase hex SHA-256 of each key this caller may present (several,
+    /// so a key rotates without downtime): `printf %s "$KEY" | sha256sum`.
+    pub api_key_sha256: Vec<String>,
+    /// RPC names (`IssueWidgetToken`, …) or `"*"`.
+    pub rpcs: Vec<String>,
+    /// Provider names or `"*"`.
+    pub providers: Vec<String>,
+    /// Scopes it may request (on top of the provider's allow-list), or `"*"`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Sustained requests a second; unlimited when unset.
+    pub requests_per_second: Option<f64>,
+    /// Requests allowed at once above the rate; defaults to one second's worth.
+    pub burst: Option<f64>,
 }
 
 /// Logs and metrics. Traces are configured by the standard `OTEL_*`
@@ -492,6 +525,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_access()?;
         let fraction = self.cache.safety_margin_fraction;
         if !(0.0..0.5).contains(&fraction) {
             return Err(ConfigError::invalid(
@@ -572,6 +606,60 @@ impl Config {
             })
             .collect::<Result<_, ConfigError>>()?;
         Sealer::new(keys).map_err(|e| ConfigError::invalid("cache.encryption_keys", e.to_string()))
+    }
+
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        if self.access.callers.is_empty() && !self.access.allow_anonymous {
+            return Err(ConfigError::invalid(
+                "access.callers",
+                "configure at least one caller (or, for development only, set access.allow_anonymous = true)",
+            ));
+        }
+        for (name, caller) in &self.access.callers {
+            let key = |field: &str| format!("access.callers.{name}.{field}");
+            let is_hash = |h: &String| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            };
+            if caller.api_key_sha256.is_empty() || !caller.api_key_sha256.iter().all(is_hash) {
+                return Err(ConfigError::invalid(
+                    key("api_key_sha256"),
+                    "list the SHA-256 of each key, as 64 lowercase hex characters",
+                ));
+            }
+            let known_rpc =
+                |rpc: &String| rpc == "*" || crate::access::RPCS.contains(&rpc.as_str());
+            if caller.rpcs.is_empty() || !caller.rpcs.iter().all(known_rpc) {
+                return Err(ConfigError::invalid(
+                    key("rpcs"),
+                    format!("list RPC names from {:?}, or \"*\"", crate::access::RPCS),
+                ));
+            }
+            let known_provider = |p: &String| p == "*" || self.providers.contains_key(p);
+            if caller.providers.is_empty() || !caller.providers.iter().all(known_provider) {
+                return Err(ConfigError::invalid(
+                    key("providers"),
+                    "list configured provider names, or \"*\"",
+                ));
+            }
+            if caller
+                .requests_per_second
+                .is_some_and(|rate| rate.is_nan() || rate <= 0.0)
+            {
+                return Err(ConfigError::invalid(
+                    key("requests_per_second"),
+                    "must be positive",
+                ));
+            }
+            if caller
+                .burst
+                .is_some_and(|burst| burst.is_nan() || burst < 1.0)
+            {
+                return Err(ConfigError::invalid(key("burst"), "must be at least 1"));
+            }
+        }
+        Ok(())
     }
 
     fn uses_redis(&self) -> bool {
@@ -790,6 +878,11 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = r#"
+        [access.callers.app]
+        api_key_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+        rpcs = ["*"]
+        providers = ["moneyhub"]
+
         [providers.moneyhub]
         kind = "moneyhub"
         issuer = "https://identity.moneyhub.co.uk/oidc"
@@ -848,6 +941,26 @@ mod tests {
             (
                 MINIMAL.replace("kind = \"moneyhub\"", "kind = \"nope\""),
                 "nope",
+            ),
+            (
+                MINIMAL.replace("[\"9f86", "[\"9F86"),
+                "access.callers.app.api_key_sha256",
+            ),
+            (
+                MINIMAL.replace("rpcs = [\"*\"]", "rpcs = [\"IssueToken\"]"),
+                "access.callers.app.rpcs",
+            ),
+            (
+                MINIMAL.replace("providers = [\"moneyhub\"]", "providers = [\"moneykit\"]"),
+                "access.callers.app.providers",
+            ),
+            (
+                MINIMAL.replace("rpcs = [\"*\"]", "rpcs = [\"*\"]\nburst = 0.5"),
+                "access.callers.app.burst",
+            ),
+            (
+                MINIMAL.replace("[access.callers.app]", "[access.callers.app.x]"),
+                "access",
             ),
         ];
         for (toml, key) in cases {

@@ -65,6 +65,10 @@ impl DemoUpstream {
             server: Default::default(),
             cache: Default::default(),
             telemetry: Default::default(),
+            access: crate::config::AccessConfig {
+                allow_anonymous: true,
+                ..Default::default()
+            },
             providers: BTreeMap::from([(DEMO_PROVIDER.to_owned(), self.provider_config())]),
         };
         config.server.listen_addr = listen_addr;

@@ -5,6 +5,7 @@
 //! Layers, outside in: [`api`] (gRPC) → [`service`] (logic) → [`cache`] and
 //! [`provider`] (upstream HTTP). [`server`] wires them from [`config`].
 
+pub mod access;
 pub mod api;
 pub mod cache;
 pub mod config;

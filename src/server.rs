@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::access::Access;
 use crate::api::{AuthApi, AuthServiceServer};
 use crate::cache::{Cache, CacheError, RedisTarget};
 use crate::config::{Config, ConfigError, ServerConfig};
@@ -62,6 +63,7 @@ pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     service: Arc<AuthService>,
+    access: Arc<Access>,
     /// Kept to re-run discovery on SIGHUP.
     providers: Providers,
     cache: Cache,
@@ -103,6 +105,7 @@ impl Application {
             listener,
             metrics_listener,
             service,
+            access: Arc::new(Access::from_config(&config.access)),
             providers,
             cache,
             metrics,
@@ -155,7 +158,7 @@ impl Application {
                 // So grpcurl can decode the google.rpc error details we send.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let auth = AuthServiceServer::new(AuthApi::new(self.service, self.metrics))
+        let auth = AuthServiceServer::new(AuthApi::new(self.service, self.access, self.metrics))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
+use crate::access::AccessError;
 use crate::cache::single_flight::{Flight, SingleFlight};
 use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint};
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
@@ -23,6 +24,9 @@ use crate::telemetry::Metrics;
 pub enum Error {
     #[error(transparent)]
     InvalidArgument(#[from] ValidationError),
+    /// The caller is unknown, not allowed this, or over its rate limit.
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error("provider {provider}: {source}")]
     Provider {
         provider: String,

@@ -12,6 +12,7 @@ use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, Span, field};
 
+use crate::access::{Access, Caller};
 use crate::cache::fingerprint;
 use crate::domain::{ScopeSet, UserId, ValidationError, code_verifier, opaque_value, redirect_uri};
 use crate::proto::v1 as pb;
@@ -30,22 +31,30 @@ const MAX_ACCESS_TOKEN_LEN: usize = 16 * 1024;
 
 pub use pb::auth_service_server::AuthServiceServer;
 
-/// Serves `bankauth.v1.AuthService` from an [`AuthService`].
+/// Serves `bankauth.v1.AuthService` from an [`AuthService`] to the callers
+/// [`Access`] admits.
 #[derive(Debug, Clone)]
 pub struct AuthApi {
     service: Arc<AuthService>,
+    access: Arc<Access>,
     metrics: Arc<Metrics>,
 }
 
 impl AuthApi {
-    pub fn new(service: Arc<AuthService>, metrics: Arc<Metrics>) -> Self {
-        Self { service, metrics }
+    pub fn new(service: Arc<AuthService>, access: Arc<Access>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            service,
+            access,
+            metrics,
+        }
     }
 
-    /// Resolves the request's provider and notes it on the RPC's log line.
-    fn provider(&self, name: &str) -> Result<Arc<Provider>, Error> {
+    /// Resolves the request's provider, checks the caller may use it, and
+    /// notes it on the RPC's log line.
+    fn provider(&self, caller: &Caller, name: &str) -> Result<Arc<Provider>, Error> {
         let provider = self.service.provider(name)?;
         Span::current().record("provider", provider.name());
+        caller.check_provider(provider.name())?;
         Ok(provider)
     }
 }
@@ -57,10 +66,17 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "CreateUser", async {
-            let provider = self.provider(&request.provider)?;
+        self.observe(&metadata, "CreateUser", |caller| async move {
+            let provider = self.provider(caller, &request.provider)?;
             let new_user = convert::new_user(&request)?;
             let user = self.service.create_user(&provider, &new_user).await?;
+            tracing::info!(
+                target: AUDIT,
+                event = "user_created",
+                caller = %caller.name,
+                provider = provider.name(),
+                sub = %user.id,
+            );
             Ok(pb::CreateUserResponse {
                 user: Some(user.into()),
             })
@@ -73,8 +89,8 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "GetUser", async {
-            let provider = self.provider(&request.provider)?;
+        self.observe(&metadata, "GetUser", |caller| async move {
+            let provider = self.provider(caller, &request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
             let user = self.service.get_user(&provider, &user_id).await?;
             Ok(pb::GetUserResponse {
@@ -89,14 +105,16 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::IssueWidgetTokenRequest>,
     ) -> Result<Response<pb::IssueWidgetTokenResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "IssueWidgetToken", async {
-            let provider = self.provider(&request.provider)?;
+        self.observe(&metadata, "IssueWidgetToken", |caller| async move {
+            let provider = self.provider(caller, &request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
+            caller.check_scopes([WIDGET_SCOPE])?;
             let (token, outcome) = self
                 .service
                 .issue_widget_token(&provider, &user_id, request.force_refresh)
                 .await?;
             record_cache(outcome);
+            audit_token(caller, &provider, Some(&user_id), &token.scopes, outcome);
             Ok(pb::IssueWidgetTokenResponse {
                 token: Some(token.into()),
             })
@@ -109,15 +127,17 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::IssueDataTokenRequest>,
     ) -> Result<Response<pb::IssueDataTokenResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "IssueDataToken", async {
-            let provider = self.provider(&request.provider)?;
+        self.observe(&metadata, "IssueDataToken", |caller| async move {
+            let provider = self.provider(caller, &request.provider)?;
             let user_id = optional(&request.user_id, |v| UserId::parse("user_id", v))?;
             let scopes = ScopeSet::parse("scopes", &request.scopes)?;
+            caller.check_scopes(scopes.iter().map(|scope| scope.as_str()))?;
             let (token, outcome) = self
                 .service
                 .issue_data_token(&provider, user_id.as_ref(), &scopes, request.force_refresh)
                 .await?;
             record_cache(outcome);
+            audit_token(caller, &provider, user_id.as_ref(), &token.scopes, outcome);
             Ok(pb::IssueDataTokenResponse {
                 token: Some(token.into()),
             })
@@ -130,27 +150,31 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::ExchangeAuthorizationCodeRequest>,
     ) -> Result<Response<pb::ExchangeAuthorizationCodeResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "ExchangeAuthorizationCode", async {
-            let provider = self.provider(&request.provider)?;
-            let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
-            let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
-            let code_verifier = optional(&request.code_verifier, |v| {
-                code_verifier("code_verifier", v)
-            })?;
-            let nonce = optional(&request.nonce, |v| opaque_value("nonce", v, MAX_NONCE_LEN))?;
-            let sub = optional(&request.sub, |v| UserId::parse("sub", v))?;
-            let exchange = CodeExchange {
-                code: &code,
-                redirect_uri: &redirect_uri,
-                code_verifier: code_verifier.as_deref(),
-                nonce: nonce.as_deref(),
-                sub: sub.as_ref(),
-            };
-            let token_set = self.service.exchange_code(&provider, exchange).await?;
-            Ok(pb::ExchangeAuthorizationCodeResponse {
-                token_set: Some(token_set.into()),
-            })
-        })
+        self.observe(
+            &metadata,
+            "ExchangeAuthorizationCode",
+            |caller| async move {
+                let provider = self.provider(caller, &request.provider)?;
+                let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
+                let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
+                let code_verifier = optional(&request.code_verifier, |v| {
+                    code_verifier("code_verifier", v)
+                })?;
+                let nonce = optional(&request.nonce, |v| opaque_value("nonce", v, MAX_NONCE_LEN))?;
+                let sub = optional(&request.sub, |v| UserId::parse("sub", v))?;
+                let exchange = CodeExchange {
+                    code: &code,
+                    redirect_uri: &redirect_uri,
+                    code_verifier: code_verifier.as_deref(),
+                    nonce: nonce.as_deref(),
+                    sub: sub.as_ref(),
+                };
+                let token_set = self.service.exchange_code(&provider, exchange).await?;
+                Ok(pb::ExchangeAuthorizationCodeResponse {
+                    token_set: Some(token_set.into()),
+                })
+            },
+        )
         .await
     }
 
@@ -159,8 +183,8 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::RefreshTokenRequest>,
     ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "RefreshToken", async {
-            let provider = self.provider(&request.provider)?;
+        self.observe(&metadata, "RefreshToken", |caller| async move {
+            let provider = self.provider(caller, &request.provider)?;
             let refresh_token = opaque_value(
                 "refresh_token",
                 &request.refresh_token,
@@ -179,8 +203,8 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::InvalidateTokenRequest>,
     ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "InvalidateToken", async {
-            self.provider(&request.provider)?;
+        self.observe(&metadata, "InvalidateToken", |caller| async move {
+            self.provider(caller, &request.provider)?;
             let fingerprint = match (
                 request.access_token.as_str(),
                 request.access_token_sha256.as_str(),
@@ -236,22 +260,53 @@ fn record_cache(outcome: CacheOutcome) {
     Span::current().record("cache", outcome.as_str());
 }
 
+/// The log target of audit events: one per token issued or user created,
+/// naming the caller; never the token.
+const AUDIT: &str = "bankauth::audit";
+
+/// The scope of every widget token.
+const WIDGET_SCOPE: &str = "widget_authentication";
+
+fn audit_token(
+    caller: &Caller,
+    provider: &Provider,
+    sub: Option<&UserId>,
+    scopes: &[String],
+    outcome: CacheOutcome,
+) {
+    tracing::info!(
+        target: AUDIT,
+        event = "token_issued",
+        caller = %caller.name,
+        provider = provider.name(),
+        sub = sub.map(UserId::as_str),
+        scopes = %scopes.join(" "),
+        cache = outcome.as_str(),
+    );
+}
+
 impl AuthApi {
     /// Runs one RPC inside its span (continuing the caller's W3C trace) and
     /// ends it with one log line and its metrics: method, provider, cache
     /// outcome, gRPC code, latency, trace id. Never the request body.
-    async fn observe<T>(
-        &self,
+    /// The caller is admitted (API key, RPC policy, rate limit) first.
+    async fn observe<'a, T, Handler, Fut>(
+        &'a self,
         metadata: &tonic::metadata::MetadataMap,
         method: &'static str,
-        handler: impl Future<Output = Result<T, Error>>,
-    ) -> Result<Response<T>, Status> {
+        handler: Handler,
+    ) -> Result<Response<T>, Status>
+    where
+        Handler: FnOnce(&'a Caller) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
         let span = tracing::info_span!(
             "rpc",
             otel.name = format!("bankauth.v1.AuthService/{method}"),
             otel.kind = "server",
             rpc.system = "grpc",
             method,
+            caller = field::Empty,
             provider = field::Empty,
             cache = field::Empty,
             code = field::Empty,
@@ -261,7 +316,12 @@ impl AuthApi {
             span.record("trace_id", trace_id);
         }
         let started = Instant::now();
-        let result = handler.instrument(span.clone()).await;
+        let admitted = async {
+            let caller = self.access.admit(metadata, method)?;
+            Span::current().record("caller", caller.name.as_str());
+            handler(caller).await
+        };
+        let result = admitted.instrument(span.clone()).await;
         let elapsed = started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let (code, result) = match result {

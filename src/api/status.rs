@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::access::AccessError;
 use crate::provider::{IdTokenError, ProviderError};
 use crate::service::Error;
 
@@ -26,6 +27,27 @@ impl From<Error> for Status {
                 metadata.insert("field".to_owned(), invalid.field);
                 (Code::InvalidArgument, "INVALID_ARGUMENT")
             }
+            Error::Access(refused) => match refused {
+                AccessError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+                AccessError::Denied {
+                    caller,
+                    what,
+                    value,
+                } => {
+                    metadata.insert("caller".to_owned(), caller);
+                    metadata.insert("refused".to_owned(), what.to_owned());
+                    metadata.insert(what.to_owned(), value);
+                    (Code::PermissionDenied, "PERMISSION_DENIED")
+                }
+                AccessError::RateLimited {
+                    caller,
+                    retry_after,
+                } => {
+                    metadata.insert("caller".to_owned(), caller);
+                    details.set_retry_info(Some(retry_after));
+                    (Code::ResourceExhausted, "CALLER_RATE_LIMITED")
+                }
+            },
             Error::UserConflict { provider, .. } => {
                 metadata.insert("provider".to_owned(), provider);
                 (Code::AlreadyExists, "USER_ALREADY_EXISTS")

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area, over real sockets.
 
+mod access;
 mod cache;
 mod code_exchange;
 mod grpcurl;

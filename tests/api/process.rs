@@ -64,6 +64,9 @@ fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -
             [server]
             listen_addr = "127.0.0.1:0"
 
+            [access]
+            allow_anonymous = true
+
             [providers.sandbox]
             kind = "moneyhub"
             issuer = "{}"

@@ -1,0 +1,261 @@
+//! Who may ask for which token: callers authenticate with an API key
+//! (`authorization: Bearer <key>`), and each caller's policy names the RPCs,
+//! providers and scopes it may use, and how fast.
+//!
+//! The configuration holds only SHA-256 hashes of the keys, so a leaked
+//! configuration file or ConfigMap gives no working key.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tonic::metadata::MetadataMap;
+
+use crate::config::{AccessConfig, CallerConfig};
+
+/// The RPC names a policy may list.
+pub const RPCS: &[&str] = &[
+    "CreateUser",
+    "GetUser",
+    "IssueWidgetToken",
+    "IssueDataToken",
+    "ExchangeAuthorizationCode",
+    "RefreshToken",
+    "InvalidateToken",
+];
+
+/// Why a request was refused. Never carries the key itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AccessError {
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("caller {caller} may not use {what} {value:?}")]
+    Denied {
+        caller: String,
+        /// `rpc`, `provider` or `scope`.
+        what: &'static str,
+        value: String,
+    },
+    #[error("caller {caller} exceeded its rate limit")]
+    RateLimited {
+        caller: String,
+        retry_after: Duration,
+    },
+}
+
+/// The configured callers; built once at startup.
+#[derive(Debug)]
+pub struct Access {
+    callers: Vec<Caller>,
+    /// Who a request without credentials is, when that is allowed (the demo).
+    anonymous: Option<Caller>,
+}
+
+/// An authenticated caller and what it may do.
+#[derive(Debug)]
+pub struct Caller {
+    pub name: String,
+    key_hashes: Vec<[u8; 32]>,
+    rpcs: Allowed,
+    providers: Allowed,
+    scopes: Allowed,
+    limiter: Option<Mutex<TokenBucket>>,
+}
+
+/// A set of allowed names, or `"*"` for any.
+#[derive(Debug)]
+enum Allowed {
+    Any,
+    Only(BTreeSet<String>),
+}
+
+impl Allowed {
+    fn from(names: &[String]) -> Self {
+        if names.iter().any(|name| name == "*") {
+            Self::Any
+        } else {
+            Self::Only(names.iter().cloned().collect())
+        }
+    }
+
+    fn permits(&self, name: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(names) => names.contains(name),
+        }
+    }
+}
+
+impl Access {
+    pub fn from_config(config: &AccessConfig) -> Self {
+        let callers = config
+            .callers
+            .iter()
+            .map(|(name, caller)| Caller::from_config(name, caller))
+            .collect();
+        let anonymous = config.allow_anonymous.then(|| Caller {
+            name: "anonymous".to_owned(),
+            key_hashes: Vec::new(),
+            rpcs: Allowed::Any,
+            providers: Allowed::Any,
+            scopes: Allowed::Any,
+            limiter: None,
+        });
+        Self { callers, anonymous }
+    }
+
+    /// Finds the caller presenting the request's API key and checks it may
+    /// call `rpc` now (policy and rate limit).
+    pub fn admit(&self, metadata: &MetadataMap, rpc: &str) -> Result<&Caller, AccessError> {
+        let caller = self.authenticate(metadata)?;
+        if !caller.rpcs.permits(rpc) {
+            return Err(caller.denied("rpc", rpc));
+        }
+        caller.take_rate_token()?;
+        Ok(caller)
+    }
+
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<&Caller, AccessError> {
+        let Some(header) = metadata.get("authorization") else {
+            return self.anonymous.as_ref().ok_or(AccessError::Unauthenticated(
+                "send an API key as `authorization: Bearer <key>` metadata",
+            ));
+        };
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .ok_or(AccessError::Unauthenticated(
+                "the authorization metadata must be `Bearer <key>`",
+            ))?;
+        let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        // Every configured hash is compared, in constant time, whatever matches.
+        let mut found = None;
+        for caller in &self.callers {
+            for hash in &caller.key_hashes {
+                if aws_lc_rs::constant_time::verify_slices_are_equal(hash, &presented).is_ok() {
+                    found = Some(caller);
+                }
+            }
+        }
+        found.ok_or(AccessError::Unauthenticated("unknown or revoked API key"))
+    }
+}
+
+impl Caller {
+    fn from_config(name: &str, config: &CallerConfig) -> Self {
+        let key_hashes = config
+            .api_key_sha256
+            .iter()
+            .filter_map(|hex_hash| hex::decode(hex_hash).ok()?.try_into().ok())
+            .collect();
+        let limiter = config.requests_per_second.map(|rate| {
+            Mutex::new(TokenBucket::new(
+                rate,
+                config.burst.unwrap_or(rate.ceil().max(1.0)),
+            ))
+        });
+        Self {
+            name: name.to_owned(),
+            key_hashes,
+            rpcs: Allowed::from(&config.rpcs),
+            providers: Allowed::from(&config.providers),
+            scopes: Allowed::from(&config.scopes),
+            limiter,
+        }
+    }
+
+    pub fn check_provider(&self, provider: &str) -> Result<(), AccessError> {
+        if self.providers.permits(provider) {
+            Ok(())
+        } else {
+            Err(self.denied("provider", provider))
+        }
+    }
+
+    pub fn check_scopes<'a>(
+        &self,
+        scopes: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), AccessError> {
+        match scopes.into_iter().find(|scope| !self.scopes.permits(scope)) {
+            Some(scope) => Err(self.denied("scope", scope)),
+            None => Ok(()),
+        }
+    }
+
+    fn take_rate_token(&self) -> Result<(), AccessError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let mut bucket = limiter.lock().expect("rate limiter lock");
+        bucket
+            .take(Instant::now())
+            .map_err(|retry_after| AccessError::RateLimited {
+                caller: self.name.clone(),
+                retry_after,
+            })
+    }
+
+    fn denied(&self, what: &'static str, value: &str) -> AccessError {
+        AccessError::Denied {
+            caller: self.name.clone(),
+            what,
+            value: value.to_owned(),
+        }
+    }
+}
+
+/// Refills at `rate` tokens a second up to `burst`; a request takes one.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(2.0, 3.0);
+        bucket.updated = start;
+        for _ in 0..3 {
+            assert!(bucket.take(start).is_ok());
+        }
+        let wait = bucket.take(start).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert!(bucket.take(start + Duration::from_millis(500)).is_ok());
+        assert!(bucket.take(start + Duration::from_millis(500)).is_err());
+    }
+}
