@@ -205,6 +205,7 @@ fn bench_caller() -> CallerConfig {
     let everything = vec!["*".to_owned()];
     CallerConfig {
         api_key_sha256: vec![hex::encode(sha2::Sha256::digest(API_KEY))],
+        client_cert_names: Vec::new(),
         rpcs: everything.clone(),
         providers: everything.clone(),
         scopes: everything,

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
@@ -57,6 +58,8 @@ pub struct Access {
 pub struct Caller {
     pub name: String,
     key_hashes: Vec<[u8; 32]>,
+    /// DNS names a client certificate may carry to be this caller.
+    cert_names: Vec<ServerName<'static>>,
     rpcs: Allowed,
     providers: Allowed,
     scopes: Allowed,
@@ -97,6 +100,7 @@ impl Access {
         let anonymous = config.allow_anonymous.then(|| Caller {
             name: "anonymous".to_owned(),
             key_hashes: Vec::new(),
+            cert_names: Vec::new(),
             rpcs: Allowed::Any,
             providers: Allowed::Any,
             scopes: Allowed::Any,
@@ -105,15 +109,43 @@ impl Access {
         Self { callers, anonymous }
     }
 
-    /// Finds the caller presenting the request's API key and checks it may
-    /// call `rpc` now (policy and rate limit).
-    pub fn admit(&self, metadata: &MetadataMap, rpc: &str) -> Result<&Caller, AccessError> {
-        let caller = self.authenticate(metadata)?;
+    /// Finds the caller presenting the request's API key (or, without one,
+    /// its verified client certificate) and checks it may call `rpc` now
+    /// (policy and rate limit).
+    pub fn admit(
+        &self,
+        metadata: &MetadataMap,
+        client_certificates: Option<&[CertificateDer<'static>]>,
+        rpc: &str,
+    ) -> Result<&Caller, AccessError> {
+        let caller = match client_certificates.and_then(<[_]>::first) {
+            Some(certificate) if !metadata.contains_key("authorization") => {
+                self.identify(certificate)?
+            }
+            _ => self.authenticate(metadata)?,
+        };
         if !caller.rpcs.permits(rpc) {
             return Err(caller.denied("rpc", rpc));
         }
         caller.take_rate_token()?;
         Ok(caller)
+    }
+
+    /// The caller named in a client certificate's subject alternative names.
+    /// rustls has already verified the chain against the client CA.
+    fn identify(&self, certificate: &CertificateDer<'static>) -> Result<&Caller, AccessError> {
+        let unknown = AccessError::Unauthenticated("the client certificate names no known caller");
+        let certificate =
+            webpki::EndEntityCert::try_from(certificate).map_err(|_| unknown.clone())?;
+        self.callers
+            .iter()
+            .find(|caller| {
+                caller
+                    .cert_names
+                    .iter()
+                    .any(|name| certificate.verify_is_valid_for_subject_name(name).is_ok())
+            })
+            .ok_or(unknown)
     }
 
     fn authenticate(&self, metadata: &MetadataMap) -> Result<&Caller, AccessError> {
@@ -158,9 +190,15 @@ impl Caller {
                 config.burst.unwrap_or(rate.ceil().max(1.0)),
             ))
         });
+        let cert_names = config
+            .client_cert_names
+            .iter()
+            .filter_map(|name| ServerName::try_from(name.clone()).ok())
+            .collect();
         Self {
             name: name.to_owned(),
             key_hashes,
+            cert_names,
             rpcs: Allowed::from(&config.rpcs),
             providers: Allowed::from(&config.providers),
             scopes: Allowed::from(&config.scopes),

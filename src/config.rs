@@ -66,6 +66,22 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// How long in-flight RPCs may run after SIGTERM before the process exits.
     pub shutdown_grace_ms: u64,
+    /// TLS on the gRPC port; with `client_ca_file`, callers may authenticate
+    /// with a client certificate.
+    pub tls: Option<ServerTlsConfig>,
+    /// Serve plaintext gRPC when `tls` is not set: only behind a mesh or
+    /// proxy that terminates TLS, or for development (the demo).
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain and private key of the server.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// PEM CA whose client certificates identify callers (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +90,8 @@ impl Default for ServerConfig {
             listen_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             request_timeout_ms: 15_000,
             shutdown_grace_ms: 20_000,
+            tls: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -95,11 +113,16 @@ pub struct AccessConfig {
 pub struct CallerConfig {
     /// Lowercase hex SHA-256 of each key this caller may present (several,
     /// so a key rotates without downtime): `printf %s "$KEY" | sha256sum`.
+    #[serde(default)]
     pub api_key_sha256: Vec<String>,
     /// RPC names (`IssueWidgetToken`, …) or `"*"`.
     pub rpcs: Vec<String>,
     /// Provider names or `"*"`.
     pub providers: Vec<String>,
+    /// DNS names in the subject alternative names of client certificates
+    /// that identify this caller (needs `server.tls.client_ca_file`).
+    #[serde(default)]
+    pub client_cert_names: Vec<String>,
     /// Scopes it may request (on top of the provider's allow-list), or `"*"`.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -496,6 +519,12 @@ impl Config {
                 "configure at least one provider",
             ));
         }
+        if self.server.tls.is_none() && !self.server.allow_plaintext {
+            return Err(ConfigError::invalid(
+                "server.tls",
+                "configure cert_file and key_file (or, behind a TLS-terminating proxy or for development, set server.allow_plaintext = true)",
+            ));
+        }
         if self.server.request_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "server.request_timeout_ms",
@@ -622,10 +651,27 @@ impl Config {
                     && h.bytes()
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             };
-            if caller.api_key_sha256.is_empty() || !caller.api_key_sha256.iter().all(is_hash) {
+            if !caller.api_key_sha256.iter().all(is_hash) {
                 return Err(ConfigError::invalid(
                     key("api_key_sha256"),
                     "list the SHA-256 of each key, as 64 lowercase hex characters",
+                ));
+            }
+            if caller.api_key_sha256.is_empty() && caller.client_cert_names.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("api_key_sha256"),
+                    "give the caller API keys or client_cert_names",
+                ));
+            }
+            let mutual_tls = self
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_ca_file.is_some());
+            if !caller.client_cert_names.is_empty() && !mutual_tls {
+                return Err(ConfigError::invalid(
+                    key("client_cert_names"),
+                    "needs server.tls.client_ca_file to verify client certificates",
                 ));
             }
             let known_rpc =
@@ -664,6 +710,33 @@ impl Config {
 
     fn uses_redis(&self) -> bool {
         self.cache.redis_url.is_some() || !self.cache.redis_cluster_urls.is_empty()
+    }
+
+    /// Reads the server's TLS files; errors name the key.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+        use tonic::transport::{Certificate, Identity};
+        let Some(tls) = &self.server.tls else {
+            return Ok(None);
+        };
+        let read = |key: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError::invalid(key, format!("cannot be read: {e}")))
+        };
+        let identity = Identity::from_pem(
+            read("server.tls.cert_file", &tls.cert_file)?,
+            read("server.tls.key_file", &tls.key_file)?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca_file {
+            // API-key callers connect without a certificate.
+            config = config
+                .client_ca_root(Certificate::from_pem(read(
+                    "server.tls.client_ca_file",
+                    ca,
+                )?))
+                .client_auth_optional(true);
+        }
+        Ok(Some(config))
     }
 
     /// Where the shared cache lives, if anywhere, with the CA file read.
@@ -878,6 +951,10 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = r#"
+        [server.tls]
+        cert_file = "/etc/bankauth/tls/tls.crt"
+        key_file = "/etc/bankauth/tls/tls.key"
+
         [access.callers.app]
         api_key_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
         rpcs = ["*"]

@@ -72,6 +72,7 @@ impl DemoUpstream {
             providers: BTreeMap::from([(DEMO_PROVIDER.to_owned(), self.provider_config())]),
         };
         config.server.listen_addr = listen_addr;
+        config.server.allow_plaintext = true;
         config
     }
 }

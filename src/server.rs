@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -64,6 +65,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     service: Arc<AuthService>,
     access: Arc<Access>,
+    tls: Option<ServerTlsConfig>,
     /// Kept to re-run discovery on SIGHUP.
     providers: Providers,
     cache: Cache,
@@ -76,6 +78,16 @@ impl Application {
     /// configured) and binds the listen address. Every failure names its cause.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
+        let tls = config.server_tls()?;
+        if let Some(tls) = &tls {
+            // Parses the certificate and key now, so a bad one stops startup.
+            Server::builder().tls_config(tls.clone()).map_err(|e| {
+                ConfigError::invalid(
+                    "server.tls",
+                    format!("is not a usable certificate and key: {e}"),
+                )
+            })?;
+        }
         let metrics = Arc::new(Metrics::default());
         let providers = Providers::connect(&config, metrics.clone()).await?;
         let redis = config.redis_target()?;
@@ -106,6 +118,7 @@ impl Application {
             metrics_listener,
             service,
             access: Arc::new(Access::from_config(&config.access)),
+            tls,
             providers,
             cache,
             metrics,
@@ -161,7 +174,11 @@ impl Application {
         let auth = AuthServiceServer::new(AuthApi::new(self.service, self.access, self.metrics))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .timeout(Duration::from_millis(self.server.request_timeout_ms))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)

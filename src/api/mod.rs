@@ -65,8 +65,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "CreateUser", |caller| async move {
+        self.observe(request, "CreateUser", |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let new_user = convert::new_user(&request)?;
             let user = self.service.create_user(&provider, &new_user).await?;
@@ -88,8 +87,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "GetUser", |caller| async move {
+        self.observe(request, "GetUser", |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
             let user = self.service.get_user(&provider, &user_id).await?;
@@ -104,8 +102,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::IssueWidgetTokenRequest>,
     ) -> Result<Response<pb::IssueWidgetTokenResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "IssueWidgetToken", |caller| async move {
+        self.observe(request, "IssueWidgetToken", |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
             caller.check_scopes([WIDGET_SCOPE])?;
@@ -126,8 +123,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::IssueDataTokenRequest>,
     ) -> Result<Response<pb::IssueDataTokenResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "IssueDataToken", |caller| async move {
+        self.observe(request, "IssueDataToken", |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let user_id = optional(&request.user_id, |v| UserId::parse("user_id", v))?;
             let scopes = ScopeSet::parse("scopes", &request.scopes)?;
@@ -149,11 +145,10 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::ExchangeAuthorizationCodeRequest>,
     ) -> Result<Response<pb::ExchangeAuthorizationCodeResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
         self.observe(
-            &metadata,
+            request,
             "ExchangeAuthorizationCode",
-            |caller| async move {
+            |caller, request| async move {
                 let provider = self.provider(caller, &request.provider)?;
                 let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
                 let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
@@ -182,8 +177,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::RefreshTokenRequest>,
     ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "RefreshToken", |caller| async move {
+        self.observe(request, "RefreshToken", |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let refresh_token = opaque_value(
                 "refresh_token",
@@ -202,8 +196,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::InvalidateTokenRequest>,
     ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.observe(&metadata, "InvalidateToken", |caller| async move {
+        self.observe(request, "InvalidateToken", |caller, request| async move {
             self.provider(caller, &request.provider)?;
             let fingerprint = match (
                 request.access_token.as_str(),
@@ -290,16 +283,19 @@ impl AuthApi {
     /// ends it with one log line and its metrics: method, provider, cache
     /// outcome, gRPC code, latency, trace id. Never the request body.
     /// The caller is admitted (API key, RPC policy, rate limit) first.
-    async fn observe<'a, T, Handler, Fut>(
+    async fn observe<'a, M, T, Handler, Fut>(
         &'a self,
-        metadata: &tonic::metadata::MetadataMap,
+        request: Request<M>,
         method: &'static str,
         handler: Handler,
     ) -> Result<Response<T>, Status>
     where
-        Handler: FnOnce(&'a Caller) -> Fut,
+        Handler: FnOnce(&'a Caller, M) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
+        let client_certificates = request.peer_certs();
+        let (metadata, _, message) = request.into_parts();
+        let metadata = &metadata;
         let span = tracing::info_span!(
             "rpc",
             otel.name = format!("bankauth.v1.AuthService/{method}"),
@@ -317,9 +313,13 @@ impl AuthApi {
         }
         let started = Instant::now();
         let admitted = async {
-            let caller = self.access.admit(metadata, method)?;
+            let caller = self.access.admit(
+                metadata,
+                client_certificates.as_deref().map(Vec::as_slice),
+                method,
+            )?;
             Span::current().record("caller", caller.name.as_str());
-            handler(caller).await
+            handler(caller, message).await
         };
         let result = admitted.instrument(span.clone()).await;
         let elapsed = started.elapsed();

@@ -18,6 +18,7 @@ fn caller(keys: &[&str], rpcs: &[&str], scopes: &[&str]) -> CallerConfig {
     let strings = |values: &[&str]| values.iter().map(|v| v.to_string()).collect();
     CallerConfig {
         api_key_sha256: keys.iter().map(|key| sha256_hex(key)).collect(),
+        client_cert_names: Vec::new(),
         rpcs: strings(rpcs),
         providers: vec!["*".to_owned()],
         scopes: strings(scopes),

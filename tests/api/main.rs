@@ -11,6 +11,7 @@ mod providers;
 mod redis_modes;
 mod server;
 mod stampede;
+mod tls;
 mod tokens;
 mod upstream_errors;
 mod users;

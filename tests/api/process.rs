@@ -63,6 +63,7 @@ fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -
 
             [server]
             listen_addr = "127.0.0.1:0"
+            allow_plaintext = true
 
             [access]
             allow_anonymous = true

@@ -2,7 +2,6 @@
 //! a username and password, both started on loopback by the test.
 
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use futures::future::join_all;
 use secrecy::SecretString;
 
 use crate::helpers::{
-    encryption_key, free_port, spawn_app_with, spawn_redis_server, start_upstream,
+    TestCa, encryption_key, free_port, spawn_app_with, spawn_redis_server, start_upstream,
 };
 
 /// Three masters, no replicas, the 16384 slots split between them.
@@ -216,7 +215,8 @@ const REDIS_PASSWORD: &str = "correct-horse-battery";
 impl TlsRedis {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        issue_certificates(dir.path());
+        let ca = TestCa::new(dir.path(), "ca");
+        ca.issue("server", "IP:127.0.0.1");
         let port = free_port();
         let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
         let child = spawn_redis_server(&[
@@ -264,65 +264,6 @@ impl Drop for TlsRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
-fn issue_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl (`apt-get install openssl`)");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    openssl(
-        &[
-            &[
-                "req",
-                "-x509",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=bankauth test CA",
-            ][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req", "-nodes", "-subj", "/CN=127.0.0.1"][..],
-            &ec,
-            &["-keyout", "server.key", "-out", "server.csr"],
-        ]
-        .concat(),
-    );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "1",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.pem",
-    ]);
 }
 
 #[tokio::test]

@@ -36,6 +36,9 @@ fn write_config(dir: &tempfile::TempDir, key_pem: &str) -> std::path::PathBuf {
         &config_path,
         format!(
             r#"
+            [server]
+            allow_plaintext = true
+
             [access.callers.backend]
             api_key_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
             rpcs = ["*"]
