@@ -65,6 +65,8 @@ pub enum Fault {
     Stall(Duration),
     /// HTTP 200 with truncated JSON.
     Garbage,
+    /// HTTP 200 with a JSON body of this many bytes, streamed.
+    Oversized(usize),
 }
 
 /// A defect the sandbox builds into the next ID token it issues.
@@ -107,6 +109,9 @@ impl SandboxOptions {
     }
 }
 
+/// How many client assertions [`Sandbox::recent_assertions`] keeps.
+pub const RECENT_ASSERTIONS: usize = 32;
+
 /// Scopes the sandbox issues: Moneyhub's SCIM and widget scopes and a few
 /// of its data scopes.
 pub const SUPPORTED_SCOPES: &[&str] = &[
@@ -130,6 +135,9 @@ struct State {
     users: Mutex<HashMap<String, ScimUser>>,
     /// Assertion `jti`s seen, with their expiry, to reject replays.
     seen_jtis: Mutex<HashMap<String, i64>>,
+    /// The last few client assertions received, so tests can look for them
+    /// where they must not be (logs).
+    recent_assertions: Mutex<VecDeque<String>>,
     codes: Mutex<HashMap<String, oidc::AuthorizationCode>>,
     refresh_tokens: Mutex<HashMap<String, oidc::RefreshGrant>>,
     faults: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
@@ -196,6 +204,7 @@ impl Sandbox {
                 .collect(),
             options: Mutex::new(options),
             users: Mutex::default(),
+            recent_assertions: Mutex::default(),
             seen_jtis: Mutex::default(),
             codes: Mutex::default(),
             refresh_tokens: Mutex::default(),
@@ -309,6 +318,16 @@ impl Sandbox {
             .collect()
     }
 
+    /// The last client assertions received (at most [`RECENT_ASSERTIONS`]).
+    pub fn recent_assertions(&self) -> Vec<String> {
+        let recent = self
+            .state
+            .recent_assertions
+            .lock()
+            .expect("assertions lock");
+        recent.iter().cloned().collect()
+    }
+
     /// Users the sandbox holds.
     pub fn user_count(&self) -> usize {
         self.state.users.lock().expect("users lock").len()
@@ -416,6 +435,16 @@ async fn serve_fault(state: &State, endpoint: Endpoint) -> Option<Response> {
             r#"{"access_token": "trunc"#,
         )
             .into_response(),
+        Fault::Oversized(bytes) => {
+            let padding = bytes.saturating_sub(32);
+            let body = format!(r#"{{"access_token": "{}"}}"#, "a".repeat(padding));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
     })
 }
 

@@ -332,6 +332,13 @@ fn authenticate_client(
         .get("client_assertion")
         .ok_or("client_assertion is required")?;
     let jwks = state.clients.get(client_id).ok_or("unknown client")?;
+    {
+        let mut recent = state.recent_assertions.lock().expect("assertions lock");
+        if recent.len() == super::RECENT_ASSERTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(assertion.clone());
+    }
     let header = decode_header(assertion).map_err(|_| "client_assertion is not a JWT")?;
     if !matches!(
         header.alg,

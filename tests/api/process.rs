@@ -286,3 +286,170 @@ async fn traces_reach_an_otlp_collector_continuing_the_callers_trace() {
         upstream.sandbox.traceparents()
     );
 }
+
+/// Every flow, with logs at TRACE (ours and every library's), and then the
+/// logs searched for each secret that passed through the process.
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    const API_KEY: &str = "log-test-api-key-2b7e151628aed2a6";
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let caller = format!(
+        "[access.callers.backend]\napi_key_sha256 = [\"{}\"]\nrpcs = [\"*\"]\nproviders = [\"*\"]\nscopes = [\"*\"]\n",
+        crate::helpers::sha256_hex(API_KEY)
+    );
+    let config = write_config(&dir, &upstream, &caller);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bankauth"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Both streams are drained as they come, so the child never blocks.
+    let logged = Arc::new(Mutex::new(String::new()));
+    let (sink, mut lines) = (logged.clone(), BufReader::new(stderr).lines());
+    let (ready, listening) = tokio::sync::oneshot::channel();
+    let mut ready = Some(ready);
+    let stderr_reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("bankauth listening") {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(line.clone());
+                }
+            }
+            let mut all = sink.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+    let stdout_reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out)
+            .await
+            .unwrap();
+        out
+    });
+    let listening = tokio::time::timeout(Duration::from_secs(20), listening)
+        .await
+        .expect("bankauth started")
+        .unwrap();
+    let addr = listening
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    fn authorized<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let bearer = format!("Bearer {API_KEY}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    }
+    let user = client
+        .create_user(authorized(new_user("customer-1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .id;
+    let mut secrets = vec![API_KEY.to_owned()];
+    let widget = client
+        .issue_widget_token(authorized(bankauth::proto::v1::IssueWidgetTokenRequest {
+            provider: String::new(),
+            user_id: user.clone(),
+            force_refresh: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.push(widget.token.unwrap().access_token);
+    let data = client
+        .issue_data_token(authorized(bankauth::proto::v1::IssueDataTokenRequest {
+            provider: String::new(),
+            user_id: user.clone(),
+            scopes: vec!["accounts:read".into()],
+            force_refresh: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.push(data.token.unwrap().access_token);
+    let code = crate::helpers::authorization_code(
+        &upstream,
+        &[
+            ("redirect_uri", "https://app.example/callback"),
+            ("scope", "openid"),
+            ("sub", &user),
+        ],
+    )
+    .await;
+    let set = client
+        .exchange_authorization_code(authorized(
+            bankauth::proto::v1::ExchangeAuthorizationCodeRequest {
+                provider: String::new(),
+                code: code.clone(),
+                redirect_uri: "https://app.example/callback".into(),
+                code_verifier: String::new(),
+                nonce: String::new(),
+                sub: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap();
+    let refreshed = client
+        .refresh_token(authorized(bankauth::proto::v1::RefreshTokenRequest {
+            provider: String::new(),
+            refresh_token: set.refresh_token.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap();
+    secrets.extend([code, set.access_token, set.id_token, set.refresh_token]);
+    secrets.extend([refreshed.access_token, refreshed.refresh_token]);
+    secrets.extend(upstream.sandbox.recent_assertions());
+    // The private key, by a line of its Base64 body.
+    let pem = upstream.client_key_pem.expose_secret().to_owned();
+    secrets.extend(
+        pem.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .take(3)
+            .map(str::to_owned),
+    );
+
+    signal(child.id().unwrap(), "TERM");
+    assert!(child.wait().await.unwrap().success());
+    stderr_reader.await.unwrap();
+    let stdout = String::from_utf8(stdout_reader.await.unwrap()).unwrap();
+    let logs = format!("{}{stdout}", logged.lock().unwrap());
+    assert!(
+        logs.contains("token_issued") && logs.contains("TRACE"),
+        "the logs are not at trace level or lack audit events:\n{}",
+        &logs[..logs.len().min(2000)]
+    );
+    let assertions = upstream.sandbox.recent_assertions().len();
+    assert!(assertions >= 3, "only {assertions} client assertions seen");
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        // A JWT's signature part alone is enough to find it.
+        let needle = secret.rsplit('.').next().unwrap();
+        assert!(
+            !logs.contains(needle),
+            "a secret ({} characters) appears in the logs",
+            secret.len()
+        );
+    }
+}

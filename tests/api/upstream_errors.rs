@@ -59,6 +59,7 @@ async fn token_endpoint_failures_map_to_codes() {
         (Fault::Status(503), Code::Unavailable, "http_503"),
         (Fault::Status(500), Code::Unavailable, "http_500"),
         (Fault::Garbage, Code::Unavailable, "http_200"),
+        (Fault::Oversized(10 << 20), Code::Unavailable, "http_200"),
     ];
     for (fault, code, upstream_error) in cases {
         app.sandbox().fail_next(Endpoint::Token, fault.clone());
