@@ -462,4 +462,45 @@ mod tests {
         };
         assert!(!format!("{token:?}").contains("secret-value"));
     }
+
+    proptest::proptest! {
+        /// Any string a caller sends either validates into a value within
+        /// its bounds or is refused naming the field; nothing panics.
+        #[test]
+        fn validators_accept_only_what_they_promise(value in ".{0,300}") {
+            if let Ok(id) = UserId::parse("user_id", &value) {
+                proptest::prop_assert!(id.as_str().len() <= MAX_USER_ID_LEN);
+                proptest::prop_assert!(!id.as_str().contains('/'));
+            }
+            if let Ok(id) = ExternalId::parse("external_id", &value) {
+                proptest::prop_assert!(id.as_str().len() <= MAX_EXTERNAL_ID_LEN);
+            }
+            if let Ok(email) = EmailAddress::parse("email", &value) {
+                proptest::prop_assert!(email.as_str().len() <= MAX_EMAIL_LEN);
+                proptest::prop_assert!(email.as_str().contains('@'));
+            }
+            if let Ok(scope) = Scope::parse("scopes", &value) {
+                proptest::prop_assert!(!scope.as_str().contains(' '));
+            }
+            for result in [
+                opaque_value("code", &value, 64).err(),
+                code_verifier("code_verifier", &value).err(),
+                redirect_uri("redirect_uri", &value).err(),
+                NamePart::parse("given_name", &value).err(),
+            ] {
+                if let Some(error) = result {
+                    proptest::prop_assert!(!error.field.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn scope_sets_are_order_free(scopes in proptest::collection::vec("[a-z:._]{1,12}", 1..8)) {
+            let mut reversed = scopes.clone();
+            reversed.reverse();
+            let a = ScopeSet::parse("scopes", &scopes);
+            let b = ScopeSet::parse("scopes", &reversed);
+            proptest::prop_assert_eq!(a.ok(), b.ok());
+        }
+    }
 }

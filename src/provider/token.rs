@@ -405,4 +405,65 @@ mod tests {
         assert_eq!(read(ExpiryField::ExpiresAt), sent + 50);
         assert_eq!(read(ExpiryField::Auto), sent + 50, "the earlier of the two");
     }
+
+    /// JSON-ish bodies: real field names with values of any type, truncated
+    /// at any point, or plain bytes.
+    fn bodies() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            ".{0,40}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+        ];
+        let field = prop_oneof![
+            Just("access_token"),
+            Just("token_type"),
+            Just("expires_in"),
+            Just("expires_at"),
+            Just("scope"),
+            Just("id_token"),
+            Just("refresh_token"),
+            Just("error"),
+            Just("error_description"),
+        ];
+        let json = proptest::collection::vec((field, value), 0..8).prop_flat_map(|fields| {
+            let body = format!(
+                "{{{}}}",
+                fields
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let len = body.len();
+            (Just(body), 0..=len)
+                .prop_map(|(body, cut)| body.as_bytes()[..cut.max(body.len() / 2)].to_vec())
+        });
+        prop_oneof![json, proptest::collection::vec(any::<u8>(), 0..256)]
+    }
+
+    proptest::proptest! {
+        /// Whatever a token endpoint answers, the parser returns a token or
+        /// an error; it never panics.
+        #[test]
+        fn any_token_endpoint_answer_parses_without_panicking(
+            status in 100u16..600,
+            body in bodies(),
+        ) {
+            let answer = Answer {
+                status,
+                headers: reqwest::header::HeaderMap::new(),
+                body,
+            };
+            for field in [ExpiryField::Auto, ExpiryField::ExpiresIn, ExpiryField::ExpiresAt] {
+                if let Ok(parsed) = parse_token_answer(&answer, now(), None, field, DEFAULT) {
+                    proptest::prop_assert!(!parsed.token.access_token.is_empty());
+                    proptest::prop_assert!(parsed.token.expires_at > now() - 1);
+                }
+            }
+        }
+    }
 }
