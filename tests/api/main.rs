@@ -3,6 +3,7 @@
 mod access;
 mod cache;
 mod code_exchange;
+mod examples;
 mod grpcurl;
 mod helpers;
 mod operations;

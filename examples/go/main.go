@@ -1,0 +1,121 @@
+// Calls bankauth from Go: create a user, fetch it back, issue a widget token
+// and a data token, then show two errors with their google.rpc details.
+//
+// Usage: go run . [ADDRESS]     (default $BANKAUTH_ADDR or 127.0.0.1:50051)
+// Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo).
+// The stubs come from proto/ (see run.sh). Tokens are secrets: this prints
+// their length and scopes, never the tokens themselves.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "bankauth.example/gen/bankauthv1"
+)
+
+func describeToken(rpc string, token *pb.AccessToken) {
+	fmt.Printf("%s scopes=%s token_type=%s token_length=%d expire_time=%s\n",
+		rpc, strings.Join(token.Scopes, ","), token.TokenType, len(token.AccessToken),
+		token.ExpireTime.AsTime().UTC().Format(time.RFC3339))
+}
+
+// describeError prints a failed call's code, message and decoded google.rpc details.
+func describeError(rpc string, err error) {
+	st := status.Convert(err)
+	fmt.Printf("%s error code=%s message=%s\n", rpc, code.Code_name[int32(st.Code())], st.Message())
+	for _, detail := range st.Details() {
+		switch d := detail.(type) {
+		case *errdetails.ErrorInfo:
+			keys := make([]string, 0, len(d.Metadata))
+			for k := range d.Metadata {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			pairs := make([]string, len(keys))
+			for i, k := range keys {
+				pairs[i] = k + "=" + d.Metadata[k]
+			}
+			fmt.Printf("  ErrorInfo reason=%s domain=%s %s\n", d.Reason, d.Domain, strings.Join(pairs, " "))
+		case *errdetails.BadRequest:
+			for _, v := range d.FieldViolations {
+				fmt.Printf("  BadRequest field=%s description=%s\n", v.Field, v.Description)
+			}
+		}
+	}
+}
+
+func main() {
+	address := os.Getenv("BANKAUTH_ADDR")
+	if len(os.Args) > 1 {
+		address = os.Args[1]
+	} else if address == "" {
+		address = "127.0.0.1:50051"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if key := os.Getenv("BANKAUTH_API_KEY"); key != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+	}
+
+	// grpc.WithTransportCredentials(credentials.NewClientTLSFromFile(...)) when bankauth serves TLS.
+	conn, err := grpc.Dial(address, grpc.WithInsecure())
+	if err != nil {
+		log.Fatalf("dial %s: %v", address, err)
+	}
+	defer conn.Close()
+	auth := pb.NewAuthServiceClient(conn)
+
+	created, err := auth.CreateUser(ctx, &pb.CreateUserRequest{
+		ExternalId: "go-customer-1",
+		Name:       &pb.PersonName{GivenName: "Alex", FamilyName: "Taylor"},
+		Emails:     []*pb.Email{{Value: "alex@example.com", Primary: true}},
+	})
+	if err != nil {
+		log.Fatalf("CreateUser: %v", err)
+	}
+	user := created.User
+	fmt.Printf("CreateUser id=%s external_id=%s\n", user.Id, user.ExternalId)
+
+	fetched, err := auth.GetUser(ctx, &pb.GetUserRequest{UserId: user.Id})
+	if err != nil {
+		log.Fatalf("GetUser: %v", err)
+	}
+	fmt.Printf("GetUser id=%s external_id=%s email=%s\n",
+		fetched.User.Id, fetched.User.ExternalId, fetched.User.Emails[0].Value)
+
+	widget, err := auth.IssueWidgetToken(ctx, &pb.IssueWidgetTokenRequest{UserId: user.Id})
+	if err != nil {
+		log.Fatalf("IssueWidgetToken: %v", err)
+	}
+	describeToken("IssueWidgetToken", widget.Token)
+
+	data, err := auth.IssueDataToken(ctx, &pb.IssueDataTokenRequest{
+		UserId: user.Id,
+		Scopes: []string{"transactions:read:all", "accounts:read"},
+	})
+	if err != nil {
+		log.Fatalf("IssueDataToken: %v", err)
+	}
+	describeToken("IssueDataToken", data.Token)
+
+	// Errors: a user that does not exist, and a scope outside the allow-list.
+	if _, err := auth.GetUser(ctx, &pb.GetUserRequest{UserId: "no-such-user"}); err != nil {
+		describeError("GetUser", err)
+	}
+	_, err = auth.IssueDataToken(ctx, &pb.IssueDataTokenRequest{UserId: user.Id, Scopes: []string{"payments:write"}})
+	if err != nil {
+		describeError("IssueDataToken", err)
+	}
+}
