@@ -482,15 +482,16 @@ mod tests {
             if let Ok(scope) = Scope::parse("scopes", &value) {
                 proptest::prop_assert!(!scope.as_str().contains(' '));
             }
-            for result in [
+            for error in [
                 opaque_value("code", &value, 64).err(),
                 code_verifier("code_verifier", &value).err(),
                 redirect_uri("redirect_uri", &value).err(),
                 NamePart::parse("given_name", &value).err(),
-            ] {
-                if let Some(error) = result {
-                    proptest::prop_assert!(!error.field.is_empty());
-                }
+            ]
+            .into_iter()
+            .flatten()
+            {
+                proptest::prop_assert!(!error.field.is_empty());
             }
         }
 
