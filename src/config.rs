@@ -332,6 +332,43 @@ pub struct ProviderConfig {
     /// `application/scim+json`; Moneyhub's own client sends `application/json`.
     #[serde(default = "default_scim_content_type")]
     pub scim_content_type: String,
+    /// Attempts per upstream request, the first included (1: no retries).
+    #[serde(default = "default_retry_max_attempts")]
+    pub retry_max_attempts: u32,
+    /// First backoff step; each retry doubles it, up to `retry_max_delay_ms`.
+    #[serde(default = "default_retry_base_delay_ms")]
+    pub retry_base_delay_ms: u64,
+    #[serde(default = "default_retry_max_delay_ms")]
+    pub retry_max_delay_ms: u64,
+    /// Consecutive provider failures that open the circuit breaker.
+    #[serde(default = "default_breaker_failure_threshold")]
+    pub breaker_failure_threshold: u32,
+    /// How long the breaker stays open before one probe request.
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+    /// The provider's published rate limit for this client, shared by all
+    /// replicas. Defaults: moneyhub 1000, moneykit 300, oauth2 none; 0: none.
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+fn default_retry_max_attempts() -> u32 {
+    3
+}
+
+fn default_retry_base_delay_ms() -> u64 {
+    100
+}
+
+fn default_retry_max_delay_ms() -> u64 {
+    2_000
+}
+
+fn default_breaker_failure_threshold() -> u32 {
+    5
+}
+
+fn default_breaker_open_ms() -> u64 {
+    10_000
 }
 
 fn default_token_lifetime_secs() -> u64 {
@@ -374,7 +411,24 @@ impl ProviderConfig {
             default_token_lifetime_secs: default_token_lifetime_secs(),
             request_timeout_ms: default_upstream_timeout_ms(),
             scim_content_type: default_scim_content_type(),
+            retry_max_attempts: default_retry_max_attempts(),
+            retry_base_delay_ms: default_retry_base_delay_ms(),
+            retry_max_delay_ms: default_retry_max_delay_ms(),
+            breaker_failure_threshold: default_breaker_failure_threshold(),
+            breaker_open_ms: default_breaker_open_ms(),
+            rate_limit_per_minute: None,
         }
+    }
+
+    /// The provider's published limit: Moneyhub allows 1,000 requests a
+    /// minute per API client, MoneyKit's token endpoint 300.
+    pub fn rate_limit_per_minute(&self) -> Option<u32> {
+        let published = match self.kind {
+            ProviderKind::Moneyhub => Some(1_000),
+            ProviderKind::Moneykit => Some(300),
+            ProviderKind::Oauth2 => None,
+        };
+        self.rate_limit_per_minute.or(published).filter(|n| *n > 0)
     }
 
     pub fn client_auth(&self) -> ClientAuthMethod {
@@ -797,6 +851,18 @@ impl ProviderConfig {
         }
         if self.request_timeout_ms == 0 {
             return Err(invalid("request_timeout_ms", "must be positive"));
+        }
+        if !(1..=10).contains(&self.retry_max_attempts) {
+            return Err(invalid("retry_max_attempts", "must be between 1 and 10"));
+        }
+        if self.retry_base_delay_ms == 0 || self.retry_max_delay_ms < self.retry_base_delay_ms {
+            return Err(invalid(
+                "retry_max_delay_ms",
+                "must be at least retry_base_delay_ms, which must be positive",
+            ));
+        }
+        if self.breaker_failure_threshold == 0 {
+            return Err(invalid("breaker_failure_threshold", "must be positive"));
         }
         for (field, scopes) in [
             ("data_scopes", &self.data_scopes),

@@ -9,6 +9,7 @@ pub mod access;
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod domain;
 pub mod proto;

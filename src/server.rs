@@ -89,7 +89,6 @@ impl Application {
             })?;
         }
         let metrics = Arc::new(Metrics::default());
-        let providers = Providers::connect(&config, metrics.clone()).await?;
         let redis = config.redis_target()?;
         let cache = Cache::connect(
             redis.as_ref(),
@@ -102,6 +101,7 @@ impl Application {
             key: redis.as_ref().map_or("cache", RedisTarget::config_key),
             source,
         })?;
+        let providers = Providers::connect(&config, metrics.clone(), &cache).await?;
         let service = Arc::new(AuthService::new(
             providers.clone(),
             cache.clone(),
@@ -171,8 +171,14 @@ impl Application {
                 // So grpcurl can decode the google.rpc error details we send.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let auth = AuthServiceServer::new(AuthApi::new(self.service, self.access, self.metrics))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let request_timeout = Duration::from_millis(self.server.request_timeout_ms);
+        let auth = AuthServiceServer::new(AuthApi::new(
+            self.service,
+            self.access,
+            self.metrics,
+            request_timeout,
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut builder = Server::builder();
         if let Some(tls) = self.tls {

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::access::AccessError;
 use crate::cache::single_flight::{Flight, SingleFlight};
 use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint};
+use crate::deadline;
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
 use crate::provider::{
     Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers, SCIM_READ_SCOPE,
@@ -364,7 +365,8 @@ impl AuthService {
         }
         if let Some(cached) = cached.filter(|_| !force_refresh) {
             if cached.needs_refresh(now) {
-                let refresh = self.fill(provider, &key, sub, scopes);
+                // Nobody waits on a refresh: it keeps the provider's own deadline.
+                let refresh = self.fill(provider, &key, sub, scopes, None);
                 let provider_name = provider.name().to_owned();
                 self.flights.spawn(key, async move {
                     let result = refresh.await;
@@ -376,7 +378,7 @@ impl AuthService {
             }
             return Ok((cached.token, CacheOutcome::Hit));
         }
-        let fill = self.fill(provider, &key, sub, scopes);
+        let fill = self.fill(provider, &key, sub, scopes, deadline::current());
         let (result, flight) = self.flights.run(key, fill).await;
         if flight == Flight::Joined {
             self.metrics.coalesced(provider.name());
@@ -385,18 +387,21 @@ impl AuthService {
     }
 
     /// One flight's detached work: coordinate with other replicas, fetch,
-    /// cache. Owns everything it needs, since it outlives its callers.
+    /// cache. Owns everything it needs, since it outlives its callers; its
+    /// retries stop at `deadline` (the first caller's), but a caller giving
+    /// up earlier cancels nothing.
     fn fill(
         &self,
         provider: &Arc<Provider>,
         key: &TokenKey,
         sub: Option<&UserId>,
         scopes: &ScopeSet,
+        deadline: Option<tokio::time::Instant>,
     ) -> impl Future<Output = Result<AccessToken, Error>> + Send + 'static {
         let (cache, metrics, expiry) = (self.cache.clone(), self.metrics.clone(), self.expiry);
         let (provider, key, sub, scopes) =
             (provider.clone(), key.clone(), sub.cloned(), scopes.clone());
-        async move {
+        let work = async move {
             let lock_ttl = provider.request_timeout() + FILL_LOCK_SLACK;
             let lock = match cache.coordinate_fill(&key, lock_ttl, now_millis).await {
                 Fill::FilledByOther(cached) => return Ok(cached.token),
@@ -423,6 +428,12 @@ impl AuthService {
                 cache.release(lock).await;
             }
             result
+        };
+        async move {
+            match deadline {
+                Some(deadline) => deadline::scope(deadline, work).await,
+                None => work.await,
+            }
         }
         // The upstream call belongs to the trace of the caller that started it.
         .instrument(tracing::Span::current())

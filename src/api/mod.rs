@@ -7,13 +7,14 @@ pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, Span, field};
 
 use crate::access::{Access, Caller};
 use crate::cache::fingerprint;
+use crate::deadline;
 use crate::domain::{ScopeSet, UserId, ValidationError, code_verifier, opaque_value, redirect_uri};
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
@@ -38,14 +39,22 @@ pub struct AuthApi {
     service: Arc<AuthService>,
     access: Arc<Access>,
     metrics: Arc<Metrics>,
+    /// The longest any RPC may take, whatever deadline its caller sets.
+    request_timeout: Duration,
 }
 
 impl AuthApi {
-    pub fn new(service: Arc<AuthService>, access: Arc<Access>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        service: Arc<AuthService>,
+        access: Arc<Access>,
+        metrics: Arc<Metrics>,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             service,
             access,
             metrics,
+            request_timeout,
         }
     }
 
@@ -312,6 +321,13 @@ impl AuthApi {
             span.record("trace_id", trace_id);
         }
         let started = Instant::now();
+        let allowed = metadata
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(deadline::parse_grpc_timeout)
+            .map_or(self.request_timeout, |asked| {
+                asked.min(self.request_timeout)
+            });
         let admitted = async {
             let caller = self.access.admit(
                 metadata,
@@ -321,7 +337,8 @@ impl AuthApi {
             Span::current().record("caller", caller.name.as_str());
             handler(caller, message).await
         };
-        let result = admitted.instrument(span.clone()).await;
+        let deadline = tokio::time::Instant::from_std(started) + allowed;
+        let result = deadline::scope(deadline, admitted.instrument(span.clone())).await;
         let elapsed = started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let (code, result) = match result {

@@ -72,12 +72,16 @@ impl From<Error> for Status {
                 if let Some(upstream) = upstream_error(&source) {
                     metadata.insert("upstream_error".to_owned(), upstream);
                 }
-                if let ProviderError::RateLimited {
-                    retry_after: Some(delay),
-                    ..
-                } = source
-                {
-                    details.set_retry_info(Some(delay));
+                match source {
+                    ProviderError::RateLimited {
+                        retry_after: Some(delay),
+                        ..
+                    }
+                    | ProviderError::CircuitOpen { retry_after: delay }
+                    | ProviderError::BudgetExhausted { retry_after: delay } => {
+                        details.set_retry_info(Some(delay));
+                    }
+                    _ => {}
                 }
                 classify(&source)
             }
@@ -116,7 +120,13 @@ fn classify(error: &ProviderError) -> (Code, &'static str) {
             _ => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
         },
         ProviderError::RateLimited { .. } => (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
-        ProviderError::Unavailable { .. } => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        ProviderError::Unavailable { .. } | ProviderError::Unreachable { .. } => {
+            (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
+        }
+        ProviderError::CircuitOpen { .. } => (Code::Unavailable, "UPSTREAM_CIRCUIT_OPEN"),
+        ProviderError::BudgetExhausted { .. } => {
+            (Code::ResourceExhausted, "UPSTREAM_BUDGET_EXHAUSTED")
+        }
     }
 }
 
@@ -134,5 +144,8 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
             Some(code.clone().unwrap_or_else(|| "http_429".to_owned()))
         }
         ProviderError::Unavailable { status, .. } => status.map(|s| format!("http_{s}")),
+        ProviderError::Unreachable { .. }
+        | ProviderError::CircuitOpen { .. }
+        | ProviderError::BudgetExhausted { .. } => None,
     }
 }

@@ -11,6 +11,7 @@ pub mod seal;
 pub mod single_flight;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -135,7 +136,7 @@ impl ExpiryPolicy {
 }
 
 /// A uniform draw from [0, 1) from the system's secure source.
-fn unit_random() -> f64 {
+pub(crate) fn unit_random() -> f64 {
     let mut bytes = [0u8; 4];
     aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
     f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
@@ -194,6 +195,8 @@ pub struct Cache {
     /// none. Without Redis, the in-process tier is the cache and unbounded by this.
     memory_ttl: Duration,
     metrics: Arc<Metrics>,
+    /// Set while Redis is failing, so an outage is logged once, not per request.
+    redis_down: Arc<AtomicBool>,
 }
 
 impl Cache {
@@ -214,6 +217,7 @@ impl Cache {
             redis,
             memory_ttl: tiers.memory_ttl,
             metrics,
+            redis_down: Arc::default(),
         })
     }
 
@@ -401,22 +405,62 @@ impl Cache {
         }
     }
 
+    pub fn has_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Takes one request from the bucket `name` shared by every replica;
+    /// the wait until one is available, or `None` without a reachable Redis.
+    pub async fn take_from_shared_bucket(
+        &self,
+        name: &str,
+        capacity: f64,
+        per_ms: f64,
+    ) -> Option<Duration> {
+        let redis = self.redis.as_ref()?;
+        let taken = redis.take_from_bucket(name, capacity, per_ms).await;
+        self.report(
+            taken,
+            "the shared request budget is unavailable; using this replica's own",
+        )
+    }
+
     /// Whether the cache can serve: always in process; Redis must answer PING.
     pub async fn is_ready(&self) -> bool {
         match &self.redis {
             None => true,
-            Some(redis) => redis.ping().await.is_ok(),
+            Some(redis) => {
+                let ping = redis.ping().await;
+                self.report(ping, "Redis does not answer PING").is_some()
+            }
         }
     }
 
-    /// Redis failures never reach callers: they are counted and logged here.
+    /// Redis failures never reach callers: they are counted here, and logged
+    /// once when an outage starts and once when it ends, not per request.
     fn report<T>(&self, result: Result<T, CacheError>, consequence: &str) -> Option<T> {
-        result
-            .inspect_err(|error| {
+        match result {
+            Ok(value) => {
+                if self.redis_down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Redis answers again; the shared cache is back in use");
+                }
+                Some(value)
+            }
+            Err(CacheError::Corrupt) => {
+                tracing::warn!("{consequence}: a cached value is corrupt");
+                None
+            }
+            Err(error) => {
                 self.metrics.redis_error();
-                tracing::warn!(%error, "{consequence}");
-            })
-            .ok()
+                if !self.redis_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %error,
+                        "Redis is unavailable ({consequence}); serving from this process and the provider until it is back"
+                    );
+                }
+                None
+            }
+        }
     }
 }
 

@@ -34,6 +34,30 @@ end
 return 0
 "#;
 
+/// A token bucket shared by every replica: refills continuously by the
+/// server's clock (`TIME`, so replicas' clocks do not matter), takes one
+/// token if it can, else returns the milliseconds until one is there.
+/// ARGV: capacity, tokens per millisecond.
+const TAKE_FROM_BUCKET: &str = r#"
+local capacity = tonumber(ARGV[1])
+local per_ms = tonumber(ARGV[2])
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local state = redis.call("HMGET", KEYS[1], "tokens", "at")
+local tokens = tonumber(state[1]) or capacity
+local at = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - at) * per_ms)
+local wait = 0
+if tokens >= 1 then
+    tokens = tokens - 1
+else
+    wait = math.ceil((1 - tokens) / per_ms)
+end
+redis.call("HSET", KEYS[1], "tokens", tostring(tokens), "at", now)
+redis.call("PEXPIRE", KEYS[1], math.ceil(capacity / per_ms) + 1000)
+return wait
+"#;
+
 /// The channel replicas announce invalidated fingerprints on.
 const INVALIDATIONS: &str = "bankauth:v1:invalidations";
 
@@ -45,6 +69,7 @@ pub struct RedisStore {
     connection: Connection,
     release_lock: redis::Script,
     delete_if_token: redis::Script,
+    take_from_bucket: redis::Script,
     sealer: Arc<Sealer>,
 }
 
@@ -62,6 +87,7 @@ impl RedisStore {
             connection: target.connect().await?,
             release_lock: redis::Script::new(RELEASE_LOCK),
             delete_if_token: redis::Script::new(DELETE_IF_TOKEN),
+            take_from_bucket: redis::Script::new(TAKE_FROM_BUCKET),
             sealer: Arc::new(sealer),
         })
     }
@@ -232,6 +258,25 @@ impl RedisStore {
             .instrument(span("DEL"))
             .await?;
         Ok(())
+    }
+
+    /// Takes one request from the shared bucket `name`; returns how long
+    /// until one is available when it is empty (zero: taken).
+    pub async fn take_from_bucket(
+        &self,
+        name: &str,
+        capacity: f64,
+        per_ms: f64,
+    ) -> Result<Duration, CacheError> {
+        let wait_ms: u64 = self
+            .take_from_bucket
+            .key(name)
+            .arg(capacity)
+            .arg(per_ms)
+            .invoke_async(&mut self.connection.clone())
+            .instrument(span("EVALSHA"))
+            .await?;
+        Ok(Duration::from_millis(wait_ms))
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {

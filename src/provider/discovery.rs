@@ -65,9 +65,5 @@ async fn fetch_document(
     issuer: &Url,
 ) -> Result<DiscoveryDocument, ProviderError> {
     let url = join_path(issuer, ".well-known/openid-configuration");
-    let answer = upstream.send(upstream.client.get(url), "discovery").await?;
-    if !answer.is_success() {
-        return Err(answer.unexpected());
-    }
-    answer.json()
+    upstream.get_json(&url, "discovery").await
 }

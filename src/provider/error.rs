@@ -25,7 +25,10 @@ pub enum ProviderError {
         /// The provider's own error code, when its body carried one.
         code: Option<String>,
     },
-    /// The provider could not be reached, timed out, failed (5xx), or answered
+    /// No connection to the provider could be made: it surely received nothing.
+    #[error("the provider is unavailable: {reason}")]
+    Unreachable { reason: String },
+    /// The provider timed out, failed (5xx), or answered
     /// something that is not the documented protocol.
     #[error("the provider is unavailable: {reason}")]
     Unavailable {
@@ -33,6 +36,13 @@ pub enum ProviderError {
         /// The HTTP status, when the provider answered at all.
         status: Option<u16>,
     },
+    /// The provider has been failing, so bankauth is not calling it for now.
+    #[error("the provider is failing; not calling it for {}s", .retry_after.as_secs_f64().ceil())]
+    CircuitOpen { retry_after: Duration },
+    /// bankauth's own budget for the provider's published rate limit is
+    /// spent until after the caller's deadline.
+    #[error("the request budget for the provider's rate limit is spent; retry in {}s", .retry_after.as_secs_f64().ceil())]
+    BudgetExhausted { retry_after: Duration },
 }
 
 impl ProviderError {
@@ -46,14 +56,15 @@ impl ProviderError {
     /// Describes a transport failure without echoing the URL's query or any
     /// request body.
     pub(crate) fn from_transport(error: &reqwest::Error) -> Self {
-        let reason = if error.is_timeout() {
-            "the request timed out"
+        if error.is_timeout() {
+            Self::unavailable("the request timed out")
         } else if error.is_connect() {
-            "could not connect"
+            Self::Unreachable {
+                reason: "could not connect".into(),
+            }
         } else {
-            "the connection failed"
-        };
-        Self::unavailable(reason)
+            Self::unavailable("the connection failed")
+        }
     }
 }
 

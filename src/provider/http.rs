@@ -2,8 +2,11 @@
 //! trace context passed on, a metric, bounded bodies, JSON content types,
 //! and the reading of rate-limit answers.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use time::OffsetDateTime;
@@ -12,19 +15,105 @@ use time::format_description::well_known::Rfc2822;
 use tracing::Instrument;
 
 use super::ProviderError;
+use super::budget::RequestBudget;
+use super::resilience::{Admission, Breaker, Replay, RetryPolicy};
+use crate::deadline;
 use crate::telemetry::Metrics;
 use crate::telemetry::propagation;
 
 /// One provider's HTTP client, shared by its token, SCIM, discovery and
-/// JWKS calls.
+/// JWKS calls, with what protects both sides when the provider struggles.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub client: reqwest::Client,
     pub provider: String,
     pub metrics: Arc<Metrics>,
+    pub retry: RetryPolicy,
+    pub breaker: Arc<Breaker>,
+    /// Present when the provider publishes a rate limit.
+    pub budget: Option<Arc<RequestBudget>>,
+    /// The deadline of calls made outside any RPC (background refreshes, discovery).
+    pub default_deadline: Duration,
+}
+
+/// Lets the next request probe if a probe's caller went away before its outcome.
+struct ProbeGuard<'a>(Option<&'a Breaker>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0 {
+            breaker.abandon_probe();
+        }
+    }
 }
 
 impl Upstream {
+    /// Runs `attempt` (which builds, sends and reads one request) through
+    /// the breaker and the request budget, retrying what `replay` allows
+    /// with backoff, and never starting a pause that ends past the
+    /// deadline of the RPC this work belongs to.
+    pub async fn call<T, Attempt, Fut>(
+        &self,
+        replay: Replay,
+        mut attempt: Attempt,
+    ) -> Result<T, ProviderError>
+    where
+        Attempt: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let deadline = deadline::current_or(self.default_deadline);
+        let mut number = 0;
+        loop {
+            number += 1;
+            let admission = self.breaker.admit().inspect_err(|_| {
+                self.metrics.upstream_guard(&self.provider, "circuit_open");
+            })?;
+            let mut probe = ProbeGuard((admission == Admission::Probe).then_some(&*self.breaker));
+            if let Some(budget) = &self.budget {
+                budget.acquire(deadline).await.inspect_err(|_| {
+                    self.metrics
+                        .upstream_guard(&self.provider, "budget_exhausted");
+                })?;
+            }
+            let result = attempt().await;
+            probe.0 = None;
+            if self.breaker.record(admission, result.as_ref().map(|_| ())) {
+                self.metrics
+                    .upstream_guard(&self.provider, "circuit_opened");
+                tracing::warn!(provider = %self.provider, "provider failing repeatedly; the circuit breaker is open");
+            }
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let Some(pause) = self.retry.pause_after(number, &error, replay) else {
+                return Err(error);
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(error);
+            }
+            self.metrics.upstream_guard(&self.provider, "retry");
+            tracing::debug!(provider = %self.provider, %error, attempt = number, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// GETs a JSON document (discovery, JWKS), retrying as reads may be.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &url::Url,
+        endpoint: &'static str,
+    ) -> Result<T, ProviderError> {
+        self.call(Replay::Safe, move || async move {
+            let answer = self.send(self.client.get(url.clone()), endpoint).await?;
+            if !answer.is_success() {
+                return Err(answer.unexpected());
+            }
+            answer.json()
+        })
+        .await
+    }
+
     /// Sends `request` and reads the whole (bounded) answer. `endpoint`
     /// names the call in spans and metrics: token, scim, discovery, jwks.
     pub async fn send(

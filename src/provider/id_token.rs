@@ -145,12 +145,7 @@ impl IdTokenVerifier {
     }
 
     async fn fetch(&self, jwks_url: &Url) -> Result<JwkSet, ProviderError> {
-        let request = self.upstream.client.get(jwks_url.clone());
-        let answer = self.upstream.send(request, "jwks").await?;
-        if !answer.is_success() {
-            return Err(answer.unexpected());
-        }
-        answer.json()
+        self.upstream.get_json(jwks_url, "jwks").await
     }
 }
 

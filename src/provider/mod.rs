@@ -2,11 +2,13 @@
 //! users endpoint and ID-token keys. Knows HTTP and OAuth, nothing of gRPC
 //! or caching.
 
+mod budget;
 mod client_auth;
 mod discovery;
 mod error;
 mod http;
 mod id_token;
+mod resilience;
 pub mod scim;
 mod signing;
 mod token;
@@ -23,11 +25,14 @@ pub use id_token::{IdTokenClaims, IdTokenError, find_key};
 pub use signing::{KeyError, SigningAlgorithm, SigningKey};
 pub use token::{Grant, TokenResponse};
 
+use crate::cache::Cache;
 use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig, ProviderKind};
 use crate::domain::{AccessToken, Scope, ScopeSet, UserId};
 use crate::telemetry::Metrics;
+use budget::RequestBudget;
 use http::Upstream;
 use id_token::IdTokenVerifier;
+use resilience::{Breaker, BreakerPolicy, RetryPolicy};
 pub use scim::ScimClient;
 use token::TokenEndpoint;
 
@@ -89,16 +94,37 @@ impl Provider {
     }
 
     /// Builds the provider, running OpenID discovery when only an issuer is configured.
+    /// `cache` shares the provider's request budget between replicas.
     pub async fn connect(
         name: &str,
         config: &ProviderConfig,
         metrics: Arc<Metrics>,
+        cache: &Cache,
     ) -> Result<Self, SetupError> {
         let (auth, client) = Self::prepare(name, config)?;
         let upstream = Upstream {
             client,
             provider: name.to_owned(),
             metrics,
+            retry: RetryPolicy {
+                max_attempts: config.retry_max_attempts,
+                base_delay: Duration::from_millis(config.retry_base_delay_ms),
+                max_delay: Duration::from_millis(config.retry_max_delay_ms),
+            },
+            breaker: Arc::new(Breaker::new(BreakerPolicy {
+                failure_threshold: config.breaker_failure_threshold,
+                open_for: Duration::from_millis(config.breaker_open_ms),
+            })),
+            budget: config.rate_limit_per_minute().map(|per_minute| {
+                Arc::new(RequestBudget::new(
+                    name,
+                    &config.client_id,
+                    per_minute,
+                    cache.clone(),
+                ))
+            }),
+            default_deadline: Duration::from_millis(config.request_timeout_ms)
+                .saturating_mul(config.retry_max_attempts),
         };
         let endpoints = discovery::resolve(&upstream, config)
             .await
@@ -236,10 +262,14 @@ impl Providers {
     }
 
     /// Builds every provider, discovering endpoints where needed.
-    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
+    pub async fn connect(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        cache: &Cache,
+    ) -> Result<Self, SetupError> {
         let mut providers = BTreeMap::new();
         for (name, provider) in &config.providers {
-            let provider = Provider::connect(name, provider, metrics.clone()).await?;
+            let provider = Provider::connect(name, provider, metrics.clone(), cache).await?;
             providers.insert(name.clone(), Arc::new(provider));
         }
         Ok(Self(providers))

@@ -9,7 +9,8 @@ use time::format_description::well_known::Rfc3339;
 use url::Url;
 
 use super::ProviderError;
-use super::http::Upstream;
+use super::http::{Answer, Upstream};
+use super::resilience::Replay;
 use crate::domain::{NewUser, Subtenant, User, UserEmail, UserId};
 
 const CORE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -148,21 +149,27 @@ pub struct ScimClient {
 }
 
 impl ScimClient {
+    /// Not replayed after an ambiguous failure: the provider may have
+    /// created the user already (a retried CreateUser finds it by external id).
     pub async fn create_user(&self, bearer: &str, user: &NewUser) -> Result<User, ProviderError> {
         let body = serde_json::to_vec(&ScimUserRequest::new(user))
             .map_err(|_| ProviderError::unavailable("cannot encode the SCIM request"))?;
-        let request = self
-            .upstream
-            .client
-            .post(self.users_url(None))
-            .header(CONTENT_TYPE, &self.content_type)
-            .body(body);
-        self.send(request, bearer).await
+        let body = &body;
+        self.send(bearer, Replay::OnlyUnprocessed, move || {
+            self.upstream
+                .client
+                .post(self.users_url(None))
+                .header(CONTENT_TYPE, &self.content_type)
+                .body(body.clone())
+        })
+        .await
     }
 
     pub async fn get_user(&self, bearer: &str, id: &UserId) -> Result<User, ProviderError> {
-        self.send(self.upstream.client.get(self.users_url(Some(id))), bearer)
-            .await
+        self.send(bearer, Replay::Safe, move || {
+            self.upstream.client.get(self.users_url(Some(id)))
+        })
+        .await
     }
 
     fn users_url(&self, id: Option<&UserId>) -> Url {
@@ -178,13 +185,23 @@ impl ScimClient {
 
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
         bearer: &str,
+        replay: Replay,
+        request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<User, ProviderError> {
-        let request = request
-            .header(AUTHORIZATION, format!("Bearer {bearer}"))
-            .header(ACCEPT, "application/scim+json, application/json");
-        let answer = self.upstream.send(request, "scim").await?;
+        let request = &request;
+        self.upstream
+            .call(replay, move || async move {
+                let request = request()
+                    .header(AUTHORIZATION, format!("Bearer {bearer}"))
+                    .header(ACCEPT, "application/scim+json, application/json");
+                let answer = self.upstream.send(request, "scim").await?;
+                Self::read(&answer)
+            })
+            .await
+    }
+
+    fn read(answer: &Answer) -> Result<User, ProviderError> {
         if answer.is_success() {
             return answer.json::<ScimUser>().map(User::from);
         }

@@ -14,6 +14,7 @@ use super::ProviderError;
 use super::client_auth::ClientAuth;
 use super::discovery::Endpoints;
 use super::http::{Answer, Upstream};
+use super::resilience::Replay;
 use crate::config::ExpiryField;
 use crate::domain::{AccessToken, ScopeSet, UserId};
 
@@ -54,15 +55,33 @@ pub struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
+    /// Requests a token, retrying what may be retried; each attempt carries
+    /// a fresh client assertion (a new `jti`), as providers reject replays.
     pub async fn request(
         &self,
         endpoints: Arc<Endpoints>,
         grant: Grant<'_>,
     ) -> Result<TokenResponse, ProviderError> {
+        // A code or refresh token is spent once the provider acts on it.
+        let replay = match grant {
+            Grant::ClientCredentials { .. } => Replay::Safe,
+            _ => Replay::OnlyUnprocessed,
+        };
+        let (endpoints, grant) = (&endpoints, &grant);
+        self.upstream
+            .call(replay, move || self.attempt(endpoints, grant))
+            .await
+    }
+
+    async fn attempt(
+        &self,
+        endpoints: &Endpoints,
+        grant: &Grant<'_>,
+    ) -> Result<TokenResponse, ProviderError> {
         // Expiry counts from before the request is sent, so time spent in
         // flight never makes a token look fresher than it is.
         let sent_at = OffsetDateTime::now_utc().unix_timestamp();
-        let (form, basic) = self.form(&endpoints, &grant, sent_at)?;
+        let (form, basic) = self.form(endpoints, grant, sent_at)?;
         let mut request = self
             .upstream
             .client
@@ -75,7 +94,7 @@ impl TokenEndpoint {
         }
         let answer = self.upstream.send(request, "token").await?;
         let requested = match grant {
-            Grant::ClientCredentials { scopes, .. } => Some(scopes),
+            Grant::ClientCredentials { scopes, .. } => Some(*scopes),
             _ => None,
         };
         parse_token_answer(

@@ -96,6 +96,9 @@ pub struct SandboxOptions {
     /// Lifetime of issued access tokens.
     pub token_lifetime: Duration,
     pub expiry_field: ExpiryField,
+    /// Seconds the sandbox's clock is ahead (negative: behind) in the
+    /// tokens it issues, as a provider with a skewed clock would be.
+    pub clock_skew_secs: i64,
 }
 
 impl SandboxOptions {
@@ -105,6 +108,7 @@ impl SandboxOptions {
             moneykit_clients: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             expiry_field: ExpiryField::ExpiresIn,
+            clock_skew_secs: 0,
         }
     }
 }
@@ -343,6 +347,24 @@ impl Sandbox {
             .entry(endpoint)
             .or_default()
             .push_back(fault);
+    }
+
+    /// Drops every fault still queued for `endpoint`: the outage is over.
+    pub fn clear_faults(&self, endpoint: Endpoint) {
+        self.state
+            .faults
+            .lock()
+            .expect("fault queue lock")
+            .remove(&endpoint);
+    }
+
+    /// Skews the clock the sandbox issues tokens by (seconds ahead; negative: behind).
+    pub fn set_clock_skew(&self, seconds: i64) {
+        self.state
+            .options
+            .lock()
+            .expect("options lock")
+            .clock_skew_secs = seconds;
     }
 
     /// Builds `fault` into the next ID token issued.

@@ -166,6 +166,14 @@ pub async fn token(
 ) -> Response {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
     state.record_traceparent(&headers);
+    // Recorded before any fault, so tests see what every attempt sent.
+    if let Some(assertion) = form.get("client_assertion") {
+        let mut recent = state.recent_assertions.lock().expect("assertions lock");
+        if recent.len() == super::RECENT_ASSERTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(assertion.clone());
+    }
     if let Some(response) = serve_fault(&state, Endpoint::Token).await {
         return response;
     }
@@ -332,13 +340,6 @@ fn authenticate_client(
         .get("client_assertion")
         .ok_or("client_assertion is required")?;
     let jwks = state.clients.get(client_id).ok_or("unknown client")?;
-    {
-        let mut recent = state.recent_assertions.lock().expect("assertions lock");
-        if recent.len() == super::RECENT_ASSERTIONS {
-            recent.pop_front();
-        }
-        recent.push_back(assertion.clone());
-    }
     let header = decode_header(assertion).map_err(|_| "client_assertion is not a JWT")?;
     if !matches!(
         header.alg,
@@ -397,14 +398,15 @@ fn issue(
     scope: &str,
     id_token: Option<IdToken<'_>>,
 ) -> Response {
-    let (lifetime, expiry_field) = {
+    let (lifetime, expiry_field, skew) = {
         let options = state.options.lock().expect("options lock");
         (
             options.token_lifetime.as_secs() as i64,
             options.expiry_field,
+            options.clock_skew_secs,
         )
     };
-    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let now = OffsetDateTime::now_utc().unix_timestamp() + skew;
     let signing_key = state.signing_key();
     let claims = AccessTokenClaims {
         iss: state.issuer.to_string(),

@@ -41,6 +41,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuardLabels {
+    provider: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: String,
 }
@@ -61,6 +67,7 @@ pub struct Metrics {
     redis_errors: Counter,
     tokens_issued: Family<ProviderLabels, Counter>,
     coalesced: Family<ProviderLabels, Counter>,
+    guards: Family<GuardLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,6 +88,7 @@ impl Default for Metrics {
             redis_errors: Counter::default(),
             tokens_issued: Family::default(),
             coalesced: Family::default(),
+            guards: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +125,16 @@ impl Default for Metrics {
             "tokens_issued",
             "Tokens obtained from providers (cache misses that succeeded)",
             metrics.tokens_issued.clone(),
+        );
+        registry.register(
+            "coalesced_requests",
+            "Token requests that joined another caller's upstream call, by provider",
+            metrics.coalesced.clone(),
+        );
+        registry.register(
+            "upstream_guard_events",
+            "Retries, circuit-breaker and request-budget events, by provider",
+            metrics.guards.clone(),
         );
         Self {
             registry,
@@ -170,6 +188,17 @@ impl Metrics {
         self.tokens_issued
             .get_or_create(&ProviderLabels {
                 provider: provider.to_owned(),
+            })
+            .inc();
+    }
+
+    /// `retry`, `circuit_opened`, `circuit_open` (a request refused),
+    /// `budget_exhausted`.
+    pub fn upstream_guard(&self, provider: &str, event: &'static str) {
+        self.guards
+            .get_or_create(&GuardLabels {
+                provider: provider.to_owned(),
+                event,
             })
             .inc();
     }

@@ -217,6 +217,12 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Starts the server again on its port after [`RedisServer::kill`], empty.
+    pub fn restart(&mut self) {
+        self.child = spawn_redis_server(&["--port", &self.port.to_string()]);
+        self.wait_until_ready();
+    }
+
     pub fn url(&self) -> SecretString {
         SecretString::from(format!("redis://127.0.0.1:{}/", self.port))
     }
@@ -273,6 +279,22 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// The value of the sample of `metric` whose labels include every pair in `labels`.
+pub fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))
+        })
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The `google.rpc.ErrorInfo` of a status.

@@ -10,6 +10,7 @@ mod operations;
 mod process;
 mod providers;
 mod redis_modes;
+mod resilience;
 mod server;
 mod stampede;
 mod tls;

@@ -8,23 +8,7 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{RedisServer, spawn_app_with, start_upstream};
-
-/// The value of the sample of `metric` whose labels include every pair in `labels`.
-fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))
-        })
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
+use crate::helpers::{RedisServer, sample, spawn_app_with, start_upstream};
 
 #[tokio::test]
 async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {

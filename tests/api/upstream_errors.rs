@@ -1,20 +1,35 @@
 //! Each upstream failure class maps to its gRPC code, with the provider's
-//! own code in ErrorInfo; failures are never cached.
+//! own code in ErrorInfo; failures are never cached. Retries and the
+//! circuit breaker are off here (see `resilience` for those), so each
+//! injected fault is what the caller sees.
 
 use std::time::Duration;
 
+use bankauth::config::Config;
+use bankauth::proto::v1 as pb;
 use bankauth::provider::{SigningAlgorithm, SigningKey};
 use bankauth::sandbox::{Endpoint, Fault, RegisteredClient, SandboxOptions, client_jwks};
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    error_info, free_port, spawn_app, spawn_app_with, start_upstream, start_upstream_with,
+    TestApp, error_info, free_port, spawn_app, spawn_app_with, start_upstream, start_upstream_with,
 };
+
+/// bankauth that reports each upstream failure as it comes.
+async fn spawn_app_without_retries() -> TestApp {
+    spawn_app_with(start_upstream().await, without_retries).await
+}
+
+fn without_retries(config: &mut Config) {
+    let provider = config.providers.get_mut("sandbox").unwrap();
+    provider.retry_max_attempts = 1;
+    provider.breaker_failure_threshold = 1_000;
+}
 
 #[tokio::test]
 async fn token_endpoint_failures_map_to_codes() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_without_retries().await;
     let user = app.create_user("customer-1").await;
     let cases = [
         (
@@ -116,7 +131,7 @@ async fn a_key_the_provider_does_not_know_is_rejected_by_real_verification() {
 }
 
 #[tokio::test]
-async fn a_rate_limit_carries_the_retry_delay() {
+async fn a_rate_limit_past_the_callers_deadline_carries_the_retry_delay() {
     let mut app = spawn_app().await;
     app.sandbox().fail_next(
         Endpoint::Token,
@@ -124,15 +139,28 @@ async fn a_rate_limit_carries_the_retry_delay() {
             retry_after_secs: 7,
         },
     );
-    let status = app.widget_token("u1").await.unwrap_err();
+    let mut request = tonic::Request::new(pb::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: "u1".into(),
+        force_refresh: false,
+    });
+    request.set_timeout(Duration::from_secs(3));
+    let status = app.client.issue_widget_token(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let retry = status.get_error_details().retry_info().cloned().unwrap();
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
+    assert_eq!(
+        app.sandbox().token_requests(),
+        1,
+        "no retry that would end past the caller's deadline"
+    );
 }
 
 #[tokio::test]
 async fn a_provider_slower_than_the_timeout_is_unavailable() {
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
+        without_retries(c);
         c.providers.get_mut("sandbox").unwrap().request_timeout_ms = 300;
     })
     .await;
@@ -169,7 +197,7 @@ async fn a_refused_connection_is_unavailable() {
 
 #[tokio::test]
 async fn scim_failures_map_to_codes() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_without_retries().await;
     let cases = [
         (Fault::Status(502), Code::Unavailable),
         (
@@ -194,7 +222,7 @@ async fn scim_failures_map_to_codes() {
 
 #[tokio::test]
 async fn failures_are_not_cached() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_without_retries().await;
     let user = app.create_user("customer-1").await;
     app.sandbox().fail_next(Endpoint::Token, Fault::Status(503));
     app.widget_token(&user).await.unwrap_err();

@@ -1,0 +1,412 @@
+//! Fault injection: the sandbox misbehaves on demand and Redis goes away,
+//! over real gRPC. Each test asserts what callers saw (codes, counts) and
+//! what the provider received.
+
+use std::time::Duration;
+
+use bankauth::config::{Config, ProviderConfig};
+use bankauth::proto::v1 as pb;
+use bankauth::sandbox::{Endpoint, ExpiryField, Fault};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::{
+    RedisServer, TestApp, error_info, sample, spawn_app, spawn_app_with, start_upstream, use_redis,
+};
+
+fn sandbox_provider(config: &mut Config) -> &mut ProviderConfig {
+    config.providers.get_mut("sandbox").unwrap()
+}
+
+fn with_metrics(config: &mut Config) {
+    config.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+}
+
+/// A widget-token request the caller gives `timeout` to answer.
+fn widget_within(user: &str, timeout: Duration) -> tonic::Request<pb::IssueWidgetTokenRequest> {
+    let mut request = tonic::Request::new(pb::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: user.to_owned(),
+        force_refresh: false,
+    });
+    request.set_timeout(timeout);
+    request
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_each_with_a_fresh_client_assertion() {
+    let mut app = spawn_app_with(start_upstream().await, with_metrics).await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    for fault in [Fault::Status(503), Fault::Garbage] {
+        app.sandbox().fail_next(Endpoint::Token, fault);
+    }
+    app.widget_token(&user).await.unwrap();
+    assert_eq!(app.sandbox().token_requests(), 3);
+    let assertions = app.sandbox().recent_assertions();
+    let last: std::collections::HashSet<_> = assertions.iter().rev().take(3).collect();
+    assert_eq!(last.len(), 3, "each attempt signs a new assertion");
+    let metrics = app.scrape().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "bankauth_upstream_guard_events_total",
+            &[("event", "retry")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_4xx_without_an_oauth_code_is_retried_but_an_oauth_error_is_final() {
+    let mut app = spawn_app().await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    app.sandbox().fail_next(Endpoint::Token, Fault::Status(404));
+    app.widget_token(&user).await.unwrap();
+    assert_eq!(app.sandbox().token_requests(), 2);
+
+    let other = app.sandbox().seed_users(1).remove(0);
+    app.sandbox().fail_next(
+        Endpoint::Token,
+        Fault::OAuth {
+            status: 401,
+            error: "invalid_client",
+        },
+    );
+    let status = app.widget_token(&other).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        app.sandbox().token_requests(),
+        3,
+        "no retry of invalid_client"
+    );
+}
+
+#[tokio::test]
+async fn a_429_is_retried_once_its_retry_after_has_passed() {
+    let mut app = spawn_app().await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    app.sandbox().fail_next(
+        Endpoint::Token,
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
+    app.widget_token(&user).await.unwrap();
+    assert_eq!(app.sandbox().token_requests(), 2);
+}
+
+#[tokio::test]
+async fn garbage_that_persists_is_unavailable_after_the_last_attempt() {
+    let mut app = spawn_app().await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    for _ in 0..3 {
+        app.sandbox().fail_next(Endpoint::Token, Fault::Garbage);
+    }
+    let status = app.widget_token(&user).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(error_info(&status).metadata["upstream_error"], "http_200");
+    assert!(
+        status.message().contains("truncated JSON"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(app.sandbox().token_requests(), 3);
+}
+
+#[tokio::test]
+async fn a_code_exchange_that_may_have_reached_the_provider_is_not_replayed() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("customer-1").await;
+    let code = crate::helpers::authorization_code(
+        &app.upstream,
+        &[
+            ("redirect_uri", "https://app.example/callback"),
+            ("scope", "openid"),
+            ("sub", &user),
+        ],
+    )
+    .await;
+    let exchange = pb::ExchangeAuthorizationCodeRequest {
+        provider: String::new(),
+        code,
+        redirect_uri: "https://app.example/callback".into(),
+        code_verifier: String::new(),
+        nonce: String::new(),
+        sub: user,
+    };
+    let before = app.sandbox().token_requests();
+    app.sandbox().fail_next(Endpoint::Token, Fault::Status(500));
+    let status = app
+        .client
+        .exchange_authorization_code(exchange.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(app.sandbox().token_requests(), before + 1, "not replayed");
+    // The provider did not spend the code, so the caller's own retry works.
+    app.client
+        .exchange_authorization_code(exchange)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_provider_opens_the_breaker_while_cached_tokens_keep_flowing() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        with_metrics(c);
+        let provider = sandbox_provider(c);
+        provider.retry_max_attempts = 1;
+        provider.breaker_failure_threshold = 3;
+        provider.breaker_open_ms = 1_000;
+    })
+    .await;
+    let users = app.sandbox().seed_users(2);
+    let cached = app.widget_token(&users[0]).await.unwrap();
+    for _ in 0..100 {
+        app.sandbox().fail_next(Endpoint::Token, Fault::Status(500));
+    }
+    for _ in 0..3 {
+        let status = app.widget_token(&users[1]).await.unwrap_err();
+        assert_eq!(error_info(&status).reason, "UPSTREAM_UNAVAILABLE");
+    }
+    let requests = app.sandbox().token_requests();
+
+    let status = app.widget_token(&users[1]).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(error_info(&status).reason, "UPSTREAM_CIRCUIT_OPEN");
+    assert!(status.get_error_details().retry_info().is_some());
+    assert_eq!(
+        app.sandbox().token_requests(),
+        requests,
+        "an open breaker answers without calling the provider"
+    );
+    assert_eq!(
+        app.widget_token(&users[0]).await.unwrap(),
+        cached,
+        "cached tokens are served while the provider is down"
+    );
+
+    // The provider recovers; after the open period one probe closes the breaker.
+    app.sandbox().clear_faults(Endpoint::Token);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    app.widget_token(&users[1]).await.unwrap();
+    app.client
+        .issue_data_token(pb::IssueDataTokenRequest {
+            provider: String::new(),
+            user_id: users[1].clone(),
+            scopes: vec!["accounts:read".into()],
+            force_refresh: false,
+        })
+        .await
+        .unwrap();
+    let metrics = app.scrape().await;
+    let event = |name| {
+        sample(
+            &metrics,
+            "bankauth_upstream_guard_events_total",
+            &[("event", name)],
+        )
+    };
+    assert_eq!(event("circuit_opened"), 1.0);
+    assert_eq!(event("circuit_open"), 1.0);
+}
+
+/// Fires `count` widget-token misses at `apps` in turn, each with `timeout`;
+/// returns how many succeeded, checking every refusal is the budget's.
+async fn burst(apps: &[&TestApp], users: &[String], timeout: Duration) -> usize {
+    let calls: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let mut client = apps[i % apps.len()].client.clone();
+            let request = widget_within(user, timeout);
+            tokio::spawn(async move { client.issue_widget_token(request).await })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => succeeded += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(error_info(&status).reason, "UPSTREAM_BUDGET_EXHAUSTED");
+                assert!(status.get_error_details().retry_info().is_some());
+            }
+        }
+    }
+    succeeded
+}
+
+#[tokio::test]
+async fn replicas_share_the_providers_rate_limit_and_queue_within_the_deadline() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    // 60 a minute: a burst of 6, then one every 1.1 s.
+    let configure = |c: &mut Config| {
+        use_redis(c, &redis);
+        sandbox_provider(c).rate_limit_per_minute = Some(60);
+    };
+    let first = spawn_app_with(upstream.clone(), configure).await;
+    let second = spawn_app_with(upstream.clone(), configure).await;
+    let before = upstream.sandbox.token_requests();
+    let users = upstream.sandbox.seed_users(12);
+
+    // Startup discovery spent two of the six; refill adds about one a second.
+    let succeeded = burst(&[&first, &second], &users, Duration::from_millis(300)).await;
+    assert!(
+        (3..=6).contains(&succeeded),
+        "{succeeded} requests got through a shared burst of 6"
+    );
+    assert_eq!(
+        upstream.sandbox.token_requests() - before,
+        succeeded as u64,
+        "refused requests never reached the provider"
+    );
+
+    // A caller with time to wait is queued until the budget refills.
+    let late = upstream.sandbox.seed_users(1).remove(0);
+    first
+        .client
+        .clone()
+        .issue_widget_token(widget_within(&late, Duration::from_secs(10)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_provider_fails_a_caller_at_its_deadline_and_serves_cached_tokens() {
+    let mut app = spawn_app().await;
+    let users = app.sandbox().seed_users(2);
+    let cached = app.widget_token(&users[0]).await.unwrap();
+    app.sandbox()
+        .fail_next(Endpoint::Token, Fault::Stall(Duration::from_secs(10)));
+    let status = app
+        .client
+        .issue_widget_token(widget_within(&users[1], Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    // Whichever side's timer fires first: the server's (DEADLINE_EXCEEDED)
+    // or the client's own (CANCELLED, "Timeout expired").
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert_eq!(app.widget_token(&users[0]).await.unwrap(), cached);
+}
+
+#[tokio::test]
+async fn a_token_already_expired_on_arrival_is_unavailable_and_never_cached() {
+    let mut app = spawn_app().await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    app.sandbox().set_expiry_field(ExpiryField::ExpiresAt);
+    app.sandbox().set_clock_skew(-2 * 3600);
+    let status = app.widget_token(&user).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("already expired"),
+        "{}",
+        status.message()
+    );
+    let failed_attempts = app.sandbox().token_requests();
+
+    app.sandbox().set_clock_skew(0);
+    app.widget_token(&user).await.unwrap();
+    assert_eq!(
+        app.sandbox().token_requests(),
+        failed_attempts + 1,
+        "nothing was cached from the expired answers"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_clock_minutes_off_does_not_change_how_long_tokens_are_served() {
+    let mut app = spawn_app().await;
+    let users = app.sandbox().seed_users(2);
+    for (user, skew) in users.iter().zip([-300, 300]) {
+        app.sandbox().set_clock_skew(skew);
+        let before = app.sandbox().token_requests();
+        let issued = app.widget_token(user).await.unwrap();
+        assert_eq!(app.widget_token(user).await.unwrap(), issued, "a cache hit");
+        assert_eq!(app.sandbox().token_requests(), before + 1);
+        // `expires_in` counts from our own clock: an hour from now, whatever the provider's says.
+        let expires = issued.expire_time.unwrap().seconds;
+        let hour_from_now = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        assert!(
+            (hour_from_now - 10..=hour_from_now).contains(&expires),
+            "skew {skew}: expires at {expires}, an hour from now is {hour_from_now}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let app = spawn_app_with(upstream.clone(), |c| {
+        use_redis(c, &redis);
+        with_metrics(c);
+        // Replicas trust their own copies briefly, so Redis is read throughout.
+        c.cache.memory_ttl_secs = 1;
+    })
+    .await;
+    let users = upstream.sandbox.seed_users(20);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let mut client = app.client.clone();
+            let users = users.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut i = worker;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = widget_within(&users[i % users.len()], Duration::from_secs(5));
+                    match client.issue_widget_token(request).await {
+                        Ok(_) => ok += 1,
+                        Err(status) => failed.push(status),
+                    }
+                    i += 3;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut served = 0;
+    for worker in workers {
+        let (ok, failed) = worker.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "calls failed during the outage: {failed:?}"
+        );
+        served += ok;
+    }
+    assert!(served > 100, "only {served} calls were made");
+    assert!(sample(&app.scrape().await, "bankauth_redis_errors_total", &[]) >= 1.0);
+
+    // Redis is back and used again without a restart: new tokens land in it.
+    let fresh = upstream.sandbox.seed_users(1).remove(0);
+    app.client
+        .clone()
+        .issue_widget_token(widget_within(&fresh, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let mut connection = redis.client().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("bankauth:v1:token:*")
+        .query(&mut connection)
+        .unwrap();
+    assert!(
+        !keys.is_empty(),
+        "no token was written to the restarted Redis"
+    );
+}
