@@ -10,9 +10,8 @@ mod redis_store;
 pub mod seal;
 pub mod single_flight;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -183,6 +182,9 @@ pub struct FillLock {
     owner: String,
 }
 
+/// During a Redis outage, how often one command probes whether it is back.
+const OUTAGE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often a replica waiting on another's fill looks for the result.
 const FILL_POLL: Duration = Duration::from_millis(25);
 
@@ -195,8 +197,10 @@ pub struct Cache {
     /// none. Without Redis, the in-process tier is the cache and unbounded by this.
     memory_ttl: Duration,
     metrics: Arc<Metrics>,
-    /// Set while Redis is failing, so an outage is logged once, not per request.
-    redis_down: Arc<AtomicBool>,
+    /// While Redis is failing: when the next command may probe it. Logged
+    /// once per outage; requests meanwhile skip Redis instead of each
+    /// waiting out its timeout.
+    outage: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Cache {
@@ -217,7 +221,7 @@ impl Cache {
             redis,
             memory_ttl: tiers.memory_ttl,
             metrics,
-            redis_down: Arc::default(),
+            outage: Arc::default(),
         })
     }
 
@@ -251,7 +255,7 @@ impl Cache {
 
     /// A servable token from Redis only, bypassing this process's tier.
     async fn get_shared(&self, key: &TokenKey, now_ms: i64) -> Option<CachedToken> {
-        let redis = self.redis.as_ref()?;
+        let redis = self.shared()?;
         let read = redis.get_token(key).await;
         let token = self
             .report(read, "token cache read failed; asking the provider")
@@ -267,7 +271,7 @@ impl Cache {
             return;
         };
         self.keep_local(key, token, ttl);
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = self.shared() {
             let written = redis.put_token(key, token, ttl).await;
             self.report(
                 written,
@@ -298,7 +302,7 @@ impl Cache {
         lock_ttl: Duration,
         now: impl Fn() -> i64,
     ) -> Fill {
-        let Some(redis) = &self.redis else {
+        let Some(redis) = self.shared() else {
             return Fill::Proceed(None);
         };
         let owner = crate::provider::random_hex::<16>();
@@ -331,7 +335,7 @@ impl Cache {
 
     /// Releases a fill lock taken by [`Cache::coordinate_fill`].
     pub async fn release(&self, lock: FillLock) {
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = self.shared() {
             let released = redis.unlock(&lock.key, &lock.owner).await;
             self.report(
                 released,
@@ -344,7 +348,7 @@ impl Cache {
     /// cached one: here, in Redis, and (via pub/sub) on every replica.
     pub async fn invalidate(&self, fingerprint: &str) -> bool {
         let local = self.memory.invalidate(fingerprint);
-        let shared = match &self.redis {
+        let shared = match self.shared() {
             Some(redis) => {
                 let deleted = redis.invalidate(fingerprint).await;
                 self.report(deleted, "could not invalidate in Redis")
@@ -368,40 +372,39 @@ impl Cache {
         }
     }
 
-    /// The provider's id for a user this service created, if remembered.
+    /// The provider's id for a user this service created, if remembered:
+    /// from Redis, or from this process while Redis is unavailable.
     pub async fn remembered_user(&self, key: &UserKey) -> Option<String> {
-        match &self.redis {
-            None => self.memory.remembered_user(key),
-            Some(redis) => {
-                let id = redis.remembered_user(key).await;
-                self.report(id, "user id lookup failed").flatten()
+        if let Some(redis) = self.shared() {
+            let id = redis.remembered_user(key).await;
+            if let Some(id) = self.report(id, "user id lookup failed") {
+                return id;
             }
         }
+        self.memory.remembered_user(key)
     }
 
     /// Remembers the id of a user this service created, so a retried
-    /// CreateUser returns that user instead of failing.
+    /// CreateUser returns that user instead of failing: in this process
+    /// always (a retry here works through a Redis outage), and in Redis
+    /// for the other replicas.
     pub async fn remember_user(&self, key: &UserKey, user_id: &str) {
-        match &self.redis {
-            None => self.memory.remember_user(key, user_id),
-            Some(redis) => {
-                let written = redis.remember_user(key, user_id).await;
-                self.report(
-                    written,
-                    "could not remember a created user's id; a retry will see ALREADY_EXISTS",
-                );
-            }
+        self.memory.remember_user(key, user_id);
+        if let Some(redis) = self.shared() {
+            let written = redis.remember_user(key, user_id).await;
+            self.report(
+                written,
+                "could not remember a created user's id; a retry through another replica will see ALREADY_EXISTS",
+            );
         }
     }
 
     /// Forgets a remembered user that no longer exists at the provider.
     pub async fn forget_user(&self, key: &UserKey) {
-        match &self.redis {
-            None => self.memory.forget_user(key),
-            Some(redis) => {
-                let deleted = redis.forget_user(key).await;
-                self.report(deleted, "could not forget a deleted user's id");
-            }
+        self.memory.forget_user(key);
+        if let Some(redis) = self.shared() {
+            let deleted = redis.forget_user(key).await;
+            self.report(deleted, "could not forget a deleted user's id");
         }
     }
 
@@ -417,7 +420,7 @@ impl Cache {
         capacity: f64,
         per_ms: f64,
     ) -> Option<Duration> {
-        let redis = self.redis.as_ref()?;
+        let redis = self.shared()?;
         let taken = redis.take_from_bucket(name, capacity, per_ms).await;
         self.report(
             taken,
@@ -436,12 +439,27 @@ impl Cache {
         }
     }
 
+    /// Redis, unless it is failing and this is not the moment to probe it.
+    fn shared(&self) -> Option<&RedisStore> {
+        let redis = self.redis.as_ref()?;
+        let mut outage = self.outage.lock().expect("outage lock");
+        match *outage {
+            Some(next_probe) if Instant::now() < next_probe => None,
+            Some(_) => {
+                *outage = Some(Instant::now() + OUTAGE_PROBE_INTERVAL);
+                Some(redis)
+            }
+            None => Some(redis),
+        }
+    }
+
     /// Redis failures never reach callers: they are counted here, and logged
     /// once when an outage starts and once when it ends, not per request.
     fn report<T>(&self, result: Result<T, CacheError>, consequence: &str) -> Option<T> {
         match result {
             Ok(value) => {
-                if self.redis_down.swap(false, Ordering::Relaxed) {
+                let recovered = self.outage.lock().expect("outage lock").take().is_some();
+                if recovered {
                     tracing::info!("Redis answers again; the shared cache is back in use");
                 }
                 Some(value)
@@ -452,7 +470,13 @@ impl Cache {
             }
             Err(error) => {
                 self.metrics.redis_error();
-                if !self.redis_down.swap(true, Ordering::Relaxed) {
+                let started = self
+                    .outage
+                    .lock()
+                    .expect("outage lock")
+                    .replace(Instant::now() + OUTAGE_PROBE_INTERVAL)
+                    .is_none();
+                if started {
                     tracing::warn!(
                         %error,
                         "Redis is unavailable ({consequence}); serving from this process and the provider until it is back"

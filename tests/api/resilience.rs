@@ -338,6 +338,8 @@ async fn a_provider_clock_minutes_off_does_not_change_how_long_tokens_are_served
     }
 }
 
+/// Redis first hangs (SIGSTOP: every command waits out the Redis timeout),
+/// then dies and comes back empty; callers keep being served throughout.
 #[tokio::test]
 async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
     let mut redis = RedisServer::start();
@@ -347,6 +349,7 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
         with_metrics(c);
         // Replicas trust their own copies briefly, so Redis is read throughout.
         c.cache.memory_ttl_secs = 1;
+        c.cache.redis_timeout_ms = 300;
     })
     .await;
     let users = upstream.sandbox.seed_users(20);
@@ -374,6 +377,10 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
         })
         .collect();
 
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.pause();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    redis.resume();
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
