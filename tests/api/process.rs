@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
 use crate::helpers::{RedisServer, new_user, start_upstream};
+use bankauth::sandbox::{Endpoint, Fault};
 
 /// Reads log lines until one contains `needle`; returns it.
 async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
@@ -99,6 +100,20 @@ fn serve(config: &Path, env: &[(&str, &str)]) -> (Child, Lines<BufReader<ChildSt
     (child, lines)
 }
 
+/// Waits for the "listening" log line; returns the address it names.
+async fn listening_addr(lines: &mut Lines<BufReader<ChildStderr>>) -> String {
+    let listening = wait_for(lines, "bankauth listening").await;
+    assert!(
+        !listening.contains('\u{1b}'),
+        "ANSI codes in piped logs: {listening:?}"
+    );
+    listening
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .expect("the listening line names the address")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
     let upstream = start_upstream().await;
@@ -106,16 +121,7 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
     let config = write_config(&dir, &upstream, "");
     let (mut child, mut lines) = serve(&config, &[]);
     let pid = child.id().unwrap();
-    let listening = wait_for(&mut lines, "bankauth listening").await;
-    assert!(
-        !listening.contains('\u{1b}'),
-        "ANSI codes in piped logs: {listening:?}"
-    );
-    let addr = listening
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("addr="))
-        .expect("the listening line names the address")
-        .to_owned();
+    let addr = listening_addr(&mut lines).await;
 
     let mut client = bankauth::proto::v1::auth_service_client::AuthServiceClient::connect(format!(
         "http://{addr}"
@@ -452,4 +458,106 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
             secret.len()
         );
     }
+}
+
+/// SIGTERM while callers keep calling: every call accepted before the
+/// signal completes (some are waiting on a slow provider), calls after it
+/// are refused rather than cut off, and the process exits 0.
+#[tokio::test]
+async fn sigterm_under_load_completes_every_accepted_call_and_exits_zero() {
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &upstream, "");
+    let (mut child, mut lines) = serve(&config, &[]);
+    let addr = listening_addr(&mut lines).await;
+    let users = upstream.sandbox.seed_users(200);
+    const WORKERS: usize = 16;
+    for _ in 0..WORKERS {
+        upstream
+            .sandbox
+            .fail_next(Endpoint::Token, Fault::Stall(Duration::from_millis(800)));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let mut client = AuthServiceClient::new(channel.clone());
+            let users = users.clone();
+            tokio::spawn(async move {
+                // Every outcome in order; the worker stops at its first refusal.
+                let mut outcomes = Vec::new();
+                for user in users.iter().skip(worker).step_by(WORKERS).cycle() {
+                    let result = client
+                        .issue_widget_token(bankauth::proto::v1::IssueWidgetTokenRequest {
+                            provider: String::new(),
+                            user_id: user.clone(),
+                            force_refresh: false,
+                        })
+                        .await;
+                    let failed = result.is_err();
+                    outcomes.push(result.map(|_| ()));
+                    if failed {
+                        break;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    // Signal while the first calls wait on the stalled provider.
+    while upstream.sandbox.token_requests() < 1 + WORKERS as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(child.id().unwrap(), "TERM");
+
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("bankauth exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut served = 0;
+    for worker in workers {
+        let outcomes = worker.await.unwrap();
+        assert!(
+            outcomes.first().is_some_and(Result::is_ok),
+            "a call in flight at SIGTERM failed: {:?}",
+            outcomes.first()
+        );
+        assert!(
+            outcomes[..outcomes.len() - 1].iter().all(Result::is_ok),
+            "only the last call of a worker may fail: {outcomes:?}"
+        );
+        // After the signal, a call is refused: GOAWAY (UNAVAILABLE) or, if
+        // the client had queued it on the closing connection, never sent
+        // (CANCELLED, "connection closed"). The server's log below shows
+        // it never started either.
+        if let Some(Err(refused)) = outcomes.last() {
+            assert!(
+                matches!(
+                    refused.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled
+                ),
+                "{refused:?}"
+            );
+        }
+        served += outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    }
+    let mut log = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        log.push(line);
+    }
+    let rpcs = |needle: &str| log.iter().filter(|line| line.contains(needle)).count();
+    assert_eq!(
+        rpcs("rpc failed"),
+        0,
+        "the server failed a call it had accepted"
+    );
+    assert_eq!(
+        rpcs("rpc finished"),
+        served,
+        "every call the server accepted reached its caller"
+    );
 }
