@@ -1,8 +1,9 @@
 //! Logs, traces and metrics.
 //!
 //! Logs go to stderr (stdout stays free for what the demo prints): text, coloured
-//! only on a terminal, or JSON lines. Traces are exported over OTLP/gRPC when the
-//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set; W3C
+//! only on a terminal, or JSON lines. Traces are exported over OTLP when the
+//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, over
+//! gRPC or, with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, HTTP; W3C
 //! `traceparent` is continued from incoming gRPC metadata and passed to providers.
 
 pub mod metrics;
@@ -11,6 +12,7 @@ pub mod propagation;
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -80,7 +82,7 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     TelemetryGuard { tracer_provider }
 }
 
-/// An OTLP/gRPC exporter when the standard environment asks for one.
+/// An OTLP exporter when the standard environment asks for one.
 fn otlp_tracer_provider()
 -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
     let configured = [
@@ -93,9 +95,21 @@ fn otlp_tracer_provider()
     if !configured || disabled {
         return Ok(None);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()?;
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match otlp_protocol().as_deref() {
+        None | Some("grpc") => builder.with_tonic().build()?,
+        Some("http/protobuf") => builder
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build()?,
+        Some(other) => {
+            return Err(
+                opentelemetry_otlp::ExporterBuildError::InvalidConfiguration(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not grpc or http/protobuf"
+                )),
+            );
+        }
+    };
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name("bankauth");
@@ -106,4 +120,16 @@ fn otlp_tracer_provider()
             .with_resource(resource.build())
             .build(),
     ))
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`.
+/// Unset means gRPC (the specification's default is HTTP; bankauth keeps
+/// gRPC, which it spoke first, so existing deployments do not change).
+fn otlp_protocol() -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
 }

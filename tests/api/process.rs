@@ -154,7 +154,7 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
-/// An OTLP/gRPC trace receiver, as a collector would run one.
+/// An OTLP trace receiver (gRPC or HTTP), as a collector would run one.
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<Span>>>);
 
@@ -164,18 +164,44 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans = request
-            .into_inner()
-            .resource_spans
-            .into_iter()
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans);
-        self.0.lock().unwrap().extend(spans);
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 impl Collector {
+    fn keep(&self, request: ExportTraceServiceRequest) {
+        let spans = request
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        self.0.lock().unwrap().extend(spans);
+    }
+
+    /// Serves OTLP/HTTP: protobuf bodies POSTed to `/v1/traces`.
+    async fn start_http(&self) -> std::net::SocketAddr {
+        use prost::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collector = self.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                match ExportTraceServiceRequest::decode(body) {
+                    Ok(request) => {
+                        collector.keep(request);
+                        let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                        (axum::http::StatusCode::OK, answer)
+                    }
+                    Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
     async fn start(&self) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -194,9 +220,25 @@ impl Collector {
 }
 
 #[tokio::test]
-async fn traces_reach_an_otlp_collector_continuing_the_callers_trace() {
+async fn traces_reach_an_otlp_grpc_collector_continuing_the_callers_trace() {
+    traces_reach_a_collector("grpc").await;
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_http_collector_continuing_the_callers_trace() {
+    traces_reach_a_collector("http/protobuf").await;
+}
+
+/// The real binary exports its spans with `protocol` (as
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` names it): the RPC's span continues the
+/// caller's trace, its children are the upstream and Redis calls, and the
+/// provider receives the upstream span as its parent.
+async fn traces_reach_a_collector(protocol: &str) {
     let collector = Collector::default();
-    let collector_addr = collector.start().await;
+    let collector_addr = match protocol {
+        "grpc" => collector.start().await,
+        _ => collector.start_http().await,
+    };
     let redis = RedisServer::start();
     let upstream = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
@@ -210,6 +252,7 @@ async fn traces_reach_an_otlp_collector_continuing_the_callers_trace() {
         &config,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             (
                 "TEST_CACHE_KEY",
