@@ -465,6 +465,28 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any three dot-separated base64url segments (a JWT's shape, with
+        /// arbitrary content) yield an `exp` or nothing; never a panic.
+        #[test]
+        fn any_jwt_shaped_access_token_reads_an_expiry_or_none(
+            parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 3),
+            exp in proptest::prelude::any::<i64>(),
+            well_formed_payload in proptest::prelude::any::<bool>(),
+        ) {
+            use base64::Engine;
+            let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let payload = if well_formed_payload {
+                engine.encode(format!(r#"{{"exp":{exp}}}"#))
+            } else {
+                engine.encode(&parts[1])
+            };
+            let token = format!("{}.{payload}.{}", engine.encode(&parts[0]), engine.encode(&parts[2]));
+            let read = jwt_exp(&token);
+            if well_formed_payload {
+                proptest::prop_assert!(read.is_none() || read == Some(exp));
+            }
+        }
+
         /// Whatever a token endpoint answers, the parser returns a token or
         /// an error; it never panics.
         #[test]
