@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench load                      # 5 s per point, 100,000 tokens
 //! cargo bench --bench load -- --seconds 2 --tokens 10000
+//! cargo bench --bench load -- --soak 180           # sustained mixed load, memory over time
 //! ```
 //!
 //! The server under test runs in a child process (this binary, re-executed
@@ -45,13 +46,21 @@ fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("baseline") => runtime.block_on(serve_baseline()),
         Ok("bankauth") => runtime.block_on(serve_bankauth()),
-        _ => runtime.block_on(run(Options::from_args())),
+        _ => {
+            let options = Options::from_args();
+            match options.soak_seconds {
+                Some(seconds) => runtime.block_on(soak(seconds)),
+                None => runtime.block_on(run(options)),
+            }
+        }
     }
 }
 
 struct Options {
     seconds: u64,
     tokens: usize,
+    /// Run the soak instead of the comparison, for this many seconds.
+    soak_seconds: Option<u64>,
 }
 
 impl Options {
@@ -60,12 +69,14 @@ impl Options {
         let mut options = Self {
             seconds: 5,
             tokens: 100_000,
+            soak_seconds: None,
         };
         let args: Vec<String> = std::env::args().collect();
         for pair in args.windows(2) {
             match pair[0].as_str() {
                 "--seconds" => options.seconds = pair[1].parse().expect("--seconds N"),
                 "--tokens" => options.tokens = pair[1].parse().expect("--tokens N"),
+                "--soak" => options.soak_seconds = Some(pair[1].parse().expect("--soak SECONDS")),
                 _ => {}
             }
         }
@@ -169,6 +180,9 @@ async fn serve_bankauth() {
     provider.issuer = Some(env("BENCH_ISSUER").unwrap().parse().unwrap());
     provider.private_key_pem = Some(SecretString::from(env("BENCH_CLIENT_KEY").unwrap()));
     provider.data_scopes = DEMO_DATA_SCOPES.iter().map(|s| s.to_string()).collect();
+    // The sandbox publishes no rate limit; Moneyhub's 1,000 a minute would
+    // make the miss figures measure the budget, not bankauth.
+    provider.rate_limit_per_minute = Some(0);
     let mut config = Config {
         server: Default::default(),
         cache: Default::default(),
@@ -180,10 +194,13 @@ async fn serve_bankauth() {
         providers: [(DEMO_PROVIDER.to_owned(), provider)].into(),
     };
     config.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Loopback only: TLS would measure rustls, not bankauth.
+    config.server.allow_plaintext = true;
     config.cache.max_entries = 200_000;
     if let Some(url) = env("BENCH_REDIS_URL") {
         config.cache.redis_url = Some(SecretString::from(url));
-        config.cache.memory_ttl_secs = 0;
+        config.cache.memory_ttl_secs =
+            env("BENCH_MEMORY_TTL_SECS").map_or(0, |s| s.parse().unwrap());
         config.cache.encryption_keys = vec![EncryptionKeyConfig {
             id: "bench".into(),
             key_file: None,
@@ -509,15 +526,139 @@ fn report(
     );
 }
 
-fn widget_request(user_id: String) -> Request<pb::IssueWidgetTokenRequest> {
-    let mut request = Request::new(pb::IssueWidgetTokenRequest {
+// ---------------------------------------------------------------- soak
+
+/// Users the soak spreads its requests over.
+const SOAK_USERS: usize = 2_000;
+/// Concurrent callers in the soak.
+const SOAK_CONCURRENCY: usize = 64;
+/// Reports (throughput, errors, memory) over the soak.
+const SOAK_INTERVALS: u32 = 6;
+
+/// Sustained load, bounded in time, loopback only: 64 callers mixing
+/// widget and data tokens over 2,000 users, against bankauth with Redis and
+/// tokens living 60 s, so entries expire, are refreshed ahead and missed
+/// throughout (every tier and the provider stay busy). Reports throughput,
+/// errors and the server's resident memory per interval; memory is compared
+/// between the end of the warm-up and the end of the run.
+async fn soak(seconds: u64) {
+    let upstream = DemoUpstream::start(|client| {
+        let mut options = SandboxOptions::new(vec![client]);
+        options.token_lifetime = Duration::from_secs(60);
+        options
+    })
+    .await
+    .expect("the sandbox starts");
+    let redis = RedisProcess::start();
+    let users = Arc::new(upstream.sandbox.seed_users(SOAK_USERS));
+    let env = vec![
+        ("BENCH_ISSUER", upstream.sandbox.issuer().to_string()),
+        (
+            "BENCH_CLIENT_KEY",
+            upstream.client_key_pem.expose_secret().to_owned(),
+        ),
+        ("BENCH_REDIS_URL", redis.url()),
+        ("BENCH_CACHE_KEY", random_cache_key()),
+        ("BENCH_MEMORY_TTL_SECS", "10".to_owned()),
+    ];
+    let server = ServerProcess::start("bankauth", &env);
+    let clients = server.channels(SOAK_CONCURRENCY.div_ceil(16)).await;
+    let warm_up = Duration::from_secs((seconds / 10).max(5));
+    soak_interval(&clients, &users, warm_up, 0).await;
+    let start_mib = server.resident_mib();
+    eprintln!("warmed up for {warm_up:?}: {start_mib:.1} MiB resident");
+    println!("| interval | requests | errors | req/s | upstream token requests | resident MiB |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    let interval = Duration::from_secs(seconds) / SOAK_INTERVALS;
+    let (mut requests, mut errors) = (0, 0);
+    for number in 1..=SOAK_INTERVALS {
+        let upstream_before = upstream.sandbox.token_requests();
+        let started = Instant::now();
+        let (done, failed) = soak_interval(&clients, &users, interval, number as usize).await;
+        println!(
+            "| {number} | {done} | {failed} | {:.0} | {} | {:.1} |",
+            done as f64 / started.elapsed().as_secs_f64(),
+            upstream.sandbox.token_requests() - upstream_before,
+            server.resident_mib()
+        );
+        requests += done;
+        errors += failed;
+    }
+    let end_mib = server.resident_mib();
+    println!(
+        "\n{requests} requests in {seconds} s at concurrency {SOAK_CONCURRENCY}, {errors} errors; \
+         resident memory {start_mib:.1} MiB after warm-up, {end_mib:.1} MiB at the end ({:+.1} %)",
+        (end_mib / start_mib - 1.0) * 100.0
+    );
+}
+
+/// One stretch of the soak; returns requests made and errors seen.
+async fn soak_interval(
+    clients: &[AuthServiceClient<Channel>],
+    users: &Arc<Vec<String>>,
+    duration: Duration,
+    seed: usize,
+) -> (usize, usize) {
+    let started = Instant::now();
+    let callers = (0..SOAK_CONCURRENCY).map(|caller| {
+        let mut client = clients[caller % clients.len()].clone();
+        let users = users.clone();
+        tokio::spawn(async move {
+            let (mut done, mut failed) = (0, 0);
+            // A cheap, deterministic walk over users and token kinds.
+            let mut step = caller * 7_919 + seed * 104_729;
+            while started.elapsed() < duration {
+                step = step.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let user = users[(step >> 33) % users.len()].clone();
+                let answer = match (step >> 20) % 3 {
+                    0 => client
+                        .issue_widget_token(widget_request(user))
+                        .await
+                        .map(drop),
+                    kind => client
+                        .issue_data_token(data_request(user, &DEMO_DATA_SCOPES[..kind]))
+                        .await
+                        .map(drop),
+                };
+                done += 1;
+                if let Err(status) = answer {
+                    if failed == 0 {
+                        eprintln!("error: {:?} {}", status.code(), status.message());
+                    }
+                    failed += 1;
+                }
+            }
+            (done, failed)
+        })
+    });
+    futures::future::join_all(callers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .fold((0, 0), |(done, failed), (d, f)| (done + d, failed + f))
+}
+
+fn data_request(user_id: String, scopes: &[&str]) -> Request<pb::IssueDataTokenRequest> {
+    with_api_key(Request::new(pb::IssueDataTokenRequest {
         provider: String::new(),
         user_id,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
         force_refresh: false,
-    });
+    }))
+}
+
+fn with_api_key<T>(mut request: Request<T>) -> Request<T> {
     let bearer = format!("Bearer {API_KEY}").parse().expect("ASCII metadata");
     request.metadata_mut().insert("authorization", bearer);
     request
+}
+
+fn widget_request(user_id: String) -> Request<pb::IssueWidgetTokenRequest> {
+    with_api_key(Request::new(pb::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id,
+        force_refresh: false,
+    }))
 }
 
 fn ms(duration: Duration) -> f64 {
