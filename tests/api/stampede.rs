@@ -11,7 +11,9 @@ use futures::future::join_all;
 use jsonwebtoken::dangerous::insecure_decode_claims;
 use serde::Deserialize;
 
-use crate::helpers::{RedisServer, TestApp, spawn_app, spawn_app_with, start_upstream};
+use crate::helpers::{
+    RedisServer, TestApp, sample, spawn_app, spawn_app_with, start_upstream,
+};
 
 #[derive(Deserialize)]
 struct Claims {
@@ -54,13 +56,26 @@ async fn widget_burst(app: &TestApp, user: &str, callers: usize) -> Vec<pb::Acce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_identical_misses_make_one_upstream_call() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        c.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let user = app.create_user("customer-1").await;
     let before = app.sandbox().token_requests();
     stall_next(&app, 1);
     let tokens = widget_burst(&app, &user, 1_000).await;
     assert_eq!(app.sandbox().token_requests(), before + 1);
     assert!(tokens.iter().all(|t| t == &tokens[0]));
+    // Those that joined the one call, not already served from the cache.
+    let joined = sample(
+        &app.scrape().await,
+        "bankauth_coalesced_requests_total",
+        &[("provider", "sandbox")],
+    );
+    assert!(
+        (1.0..1_000.0).contains(&joined),
+        "{joined} requests counted as coalesced"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
