@@ -11,9 +11,7 @@ use futures::future::join_all;
 use jsonwebtoken::dangerous::insecure_decode_claims;
 use serde::Deserialize;
 
-use crate::helpers::{
-    RedisServer, TestApp, sample, spawn_app, spawn_app_with, start_upstream,
-};
+use crate::helpers::{RedisServer, TestApp, sample, spawn_app, spawn_app_with, start_upstream};
 
 #[derive(Deserialize)]
 struct Claims {
