@@ -72,6 +72,10 @@ pub struct ServerConfig {
     /// Serve plaintext gRPC when `tls` is not set: only behind a mesh or
     /// proxy that terminates TLS, or for development (the demo).
     pub allow_plaintext: bool,
+    /// A second, plaintext port serving only `grpc.health.v1`, for probes
+    /// that cannot speak TLS (Kubernetes' gRPC probes, container health
+    /// checks) when the gRPC port has `tls`.
+    pub health_listen_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +96,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 20_000,
             tls: None,
             allow_plaintext: false,
+            health_listen_addr: None,
         }
     }
 }

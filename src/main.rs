@@ -83,6 +83,7 @@ async fn demo(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 
 fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(path.as_deref())?;
+    bankauth::server::usable_tls(&config)?;
     Providers::check(&config)?;
     config.cache_sealer()?;
     config.redis_target()?;

@@ -63,6 +63,8 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    /// The plaintext health-only port, when configured.
+    health_listener: Option<TcpListener>,
     service: Arc<AuthService>,
     access: Arc<Access>,
     tls: Option<ServerTlsConfig>,
@@ -78,16 +80,7 @@ impl Application {
     /// configured) and binds the listen address. Every failure names its cause.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
-        let tls = config.server_tls()?;
-        if let Some(tls) = &tls {
-            // Parses the certificate and key now, so a bad one stops startup.
-            Server::builder().tls_config(tls.clone()).map_err(|e| {
-                ConfigError::invalid(
-                    "server.tls",
-                    format!("is not a usable certificate and key: {e}"),
-                )
-            })?;
-        }
+        let tls = usable_tls(&config)?;
         let metrics = Arc::new(Metrics::default());
         let redis = config.redis_target()?;
         let cache = Cache::connect(
@@ -109,6 +102,10 @@ impl Application {
             metrics.clone(),
         ));
         let listener = bind(config.server.listen_addr, "server.listen_addr").await?;
+        let health_listener = match config.server.health_listen_addr {
+            Some(addr) => Some(bind(addr, "server.health_listen_addr").await?),
+            None => None,
+        };
         let metrics_listener = match config.telemetry.metrics_addr {
             Some(addr) => Some(bind(addr, "telemetry.metrics_addr").await?),
             None => None,
@@ -116,6 +113,7 @@ impl Application {
         Ok(Self {
             listener,
             metrics_listener,
+            health_listener,
             service,
             access: Arc::new(Access::from_config(&config.access)),
             tls,
@@ -140,6 +138,13 @@ impl Application {
             .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
+    /// The bound health-only address, when one is configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// Serves until `shutdown` completes, then reports NOT_SERVING, stops
     /// accepting, and lets in-flight RPCs finish within the grace period.
     pub async fn run_until_stopped(
@@ -155,6 +160,16 @@ impl Application {
             health.clone(),
             self.cache.clone(),
         )));
+        let _health_server = self.health_listener.map(|listener| {
+            let health_only = Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming(accept(listener));
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(error) = health_only.await {
+                    tracing::error!(%error, "the health port stopped");
+                }
+            }))
+        });
         let _metrics_server = self
             .metrics_listener
             .map(|listener| AbortOnDrop(metrics::serve(listener, self.metrics.clone())));
@@ -215,6 +230,21 @@ impl Application {
             }
         }
     }
+}
+
+/// The server's TLS configuration with its certificate and key parsed, so
+/// a bad one is found at startup (and by `check-config`), naming the key.
+pub fn usable_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    let tls = config.server_tls()?;
+    if let Some(tls) = &tls {
+        Server::builder().tls_config(tls.clone()).map_err(|e| {
+            ConfigError::invalid(
+                "server.tls",
+                format!("is not a usable certificate and key: {e}"),
+            )
+        })?;
+    }
+    Ok(tls)
 }
 
 /// Accepted connections with Nagle off: a response's headers, body and

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub health_addr: Option<SocketAddr>,
     pub client: AuthServiceClient<Channel>,
     pub upstream: Arc<DemoUpstream>,
     stop: Option<oneshot::Sender<()>>,
@@ -62,6 +63,7 @@ pub async fn spawn_app_with(
     let app = Application::build(config).await.expect("bankauth starts");
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
+    let health_addr = app.health_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         stopped.await.ok();
@@ -72,6 +74,7 @@ pub async fn spawn_app_with(
     TestApp {
         addr,
         metrics_addr,
+        health_addr,
         client,
         upstream,
         stop: Some(stop),

@@ -102,6 +102,27 @@ fn check_config_accepts_a_valid_file_and_env_overrides_name_the_bad_key() {
 }
 
 #[test]
+fn check_config_reads_the_servers_tls_certificate_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, pem) =
+        bankauth::provider::SigningKey::generate(bankauth::provider::SigningAlgorithm::RS256)
+            .unwrap();
+    let config = write_config(&dir, secrecy::ExposeSecret::expose_secret(&pem));
+    let not_a_certificate = dir.path().join("server.pem");
+    std::fs::write(&not_a_certificate, "not a certificate").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_bankauth"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("BANKAUTH_SERVER__TLS__CERT_FILE", &not_a_certificate)
+        .env("BANKAUTH_SERVER__TLS__KEY_FILE", &not_a_certificate)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.tls"), "{stderr}");
+}
+
+#[test]
 fn a_key_that_is_not_a_key_is_named_at_startup() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(

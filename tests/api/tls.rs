@@ -1,6 +1,6 @@
 //! TLS on the gRPC port, and callers identified by client certificates.
 
-use bankauth::config::{AccessConfig, CallerConfig, ServerTlsConfig};
+use bankauth::config::{AccessConfig, CallerConfig, Config, ServerTlsConfig};
 use bankauth::proto::v1 as pb;
 use bankauth::server::Application;
 use pb::auth_service_client::AuthServiceClient;
@@ -34,14 +34,11 @@ fn pki() -> Pki {
 }
 
 async fn app_with_mutual_tls(pki: &Pki) -> TestApp {
-    let upstream = start_upstream().await;
-    spawn_tls_app(upstream, pki).await
+    spawn_tls_app(pki, |_| {}).await
 }
 
-async fn spawn_tls_app(
-    upstream: std::sync::Arc<bankauth::demo::DemoUpstream>,
-    pki: &Pki,
-) -> TestApp {
+async fn spawn_tls_app(pki: &Pki, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let upstream = start_upstream().await;
     let ca = &pki.trusted;
     let tls = ServerTlsConfig {
         cert_file: ca.path("server.pem"),
@@ -67,6 +64,7 @@ async fn spawn_tls_app(
             )]
             .into(),
         };
+        configure(config);
     })
     .await
 }
@@ -155,4 +153,39 @@ async fn without_tls_the_server_starts_only_when_plaintext_is_chosen() {
     config.server.allow_plaintext = false;
     let error = Application::build(config).await.err().unwrap();
     assert!(error.to_string().contains("server.tls"), "{error}");
+}
+
+#[tokio::test]
+async fn probes_that_cannot_speak_tls_use_the_plaintext_health_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let pki = pki();
+    let app = spawn_tls_app(&pki, |config| {
+        config.server.health_listen_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let health_addr = app.health_addr.expect("the health port is bound");
+    let channel = Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for service in ["", "liveness", "bankauth.v1.AuthService"] {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    // Only health is served there: the AuthService stays behind TLS.
+    let status = AuthServiceClient::new(channel)
+        .issue_data_token(app_token_request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
 }
