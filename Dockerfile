@@ -36,7 +36,8 @@ EXPOSE 50051 9090
 ENTRYPOINT ["/usr/local/bin/bankauth"]
 CMD ["serve", "--config", "/etc/bankauth/config/bankauth.toml"]
 # Outside Kubernetes (docker run, compose): the binary asks its own
-# grpc.health.v1 service. Plaintext only, so with server.tls this check fails;
-# Kubernetes uses the chart's probes instead.
+# grpc.health.v1 service, in plaintext: with server.tls, set
+# server.health_listen_addr (the chart uses 50052) and override this check
+# to ask that port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/bankauth", "health", "--addr", "127.0.0.1:50051", "--service", "liveness"]
