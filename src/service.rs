@@ -97,8 +97,8 @@ pub struct AuthService {
     flights: SingleFlight<TokenKey, Result<AccessToken, Error>>,
 }
 
-/// Added to the provider's request timeout to make the fill lock's TTL, so
-/// the lock outlives any fetch its holder can still be making.
+/// Added to the provider's longest fetch (all its attempts) to make the
+/// fill lock's TTL, so the lock outlives any fetch its holder can still be making.
 const FILL_LOCK_SLACK: Duration = Duration::from_secs(2);
 /// After a failed background refresh, the next try waits this long.
 const REFRESH_RETRY: Duration = Duration::from_secs(5);
@@ -402,7 +402,7 @@ impl AuthService {
         let (provider, key, sub, scopes) =
             (provider.clone(), key.clone(), sub.cloned(), scopes.clone());
         let work = async move {
-            let lock_ttl = provider.request_timeout() + FILL_LOCK_SLACK;
+            let lock_ttl = provider.longest_fetch() + FILL_LOCK_SLACK;
             let lock = match cache.coordinate_fill(&key, lock_ttl, now_millis).await {
                 Fill::FilledByOther(cached) => return Ok(cached.token),
                 Fill::Proceed(lock) => lock,

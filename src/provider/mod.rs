@@ -123,8 +123,7 @@ impl Provider {
                     cache.clone(),
                 ))
             }),
-            default_deadline: Duration::from_millis(config.request_timeout_ms)
-                .saturating_mul(config.retry_max_attempts),
+            default_deadline: longest_fetch(config),
         };
         let endpoints = discovery::resolve(&upstream, config)
             .await
@@ -173,9 +172,10 @@ impl Provider {
         &self.token_endpoint.client_id
     }
 
-    /// Bound on one HTTP request to this provider.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.request_timeout_ms)
+    /// The longest one fetch from this provider can take: every attempt
+    /// timing out, with the longest pauses between them.
+    pub fn longest_fetch(&self) -> Duration {
+        longest_fetch(&self.config)
     }
 
     pub fn client_auth_method(&self) -> &'static str {
@@ -246,6 +246,12 @@ impl Provider {
     pub fn users(&self) -> Option<&ScimClient> {
         self.scim.as_ref()
     }
+}
+
+fn longest_fetch(config: &ProviderConfig) -> Duration {
+    let attempts = config.retry_max_attempts.max(1);
+    Duration::from_millis(config.request_timeout_ms).saturating_mul(attempts)
+        + Duration::from_millis(config.retry_max_delay_ms).saturating_mul(attempts - 1)
 }
 
 /// All configured providers, by name.
