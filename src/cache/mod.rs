@@ -373,12 +373,13 @@ impl Cache {
     }
 
     /// The provider's id for a user this service created, if remembered:
-    /// from Redis, or from this process while Redis is unavailable.
+    /// in Redis, or else in this process (which also covers users created
+    /// while Redis was unavailable).
     pub async fn remembered_user(&self, key: &UserKey) -> Option<String> {
         if let Some(redis) = self.shared() {
             let id = redis.remembered_user(key).await;
-            if let Some(id) = self.report(id, "user id lookup failed") {
-                return id;
+            if let Some(id) = self.report(id, "user id lookup failed").flatten() {
+                return Some(id);
             }
         }
         self.memory.remembered_user(key)
