@@ -195,16 +195,19 @@ async fn a_failed_refresh_keeps_serving_the_valid_token() {
     let (mut app, user) = refreshing_app().await;
     let first = app.widget_token(&user).await.unwrap();
     let fetched = app.sandbox().token_requests();
-    app.sandbox().fail_next(Endpoint::Token, Fault::Status(503));
+    // Every attempt of the refresh (3 by default) fails.
+    for _ in 0..3 {
+        app.sandbox().fail_next(Endpoint::Token, Fault::Status(503));
+    }
     tokio::time::sleep(Duration::from_millis(1_100)).await;
 
     assert_eq!(app.widget_token(&user).await.unwrap(), first);
-    wait_for_token_requests(&app, fetched + 1).await;
-    // The refresh failed; its retry waits, and until then callers get the valid token.
+    wait_for_token_requests(&app, fetched + 3).await;
+    // The refresh failed; the next one waits, and until then callers get the valid token.
     for _ in 0..10 {
         assert_eq!(app.widget_token(&user).await.unwrap(), first);
     }
-    assert_eq!(app.sandbox().token_requests(), fetched + 1);
+    assert_eq!(app.sandbox().token_requests(), fetched + 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
