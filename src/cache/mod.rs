@@ -409,10 +409,6 @@ impl Cache {
         }
     }
 
-    pub fn has_redis(&self) -> bool {
-        self.redis.is_some()
-    }
-
     /// Takes one request from the bucket `name` shared by every replica;
     /// the wait until one is available, or `None` without a reachable Redis.
     pub async fn take_from_shared_bucket(

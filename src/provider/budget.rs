@@ -24,7 +24,9 @@ pub struct RequestBudget {
     name: String,
     capacity: f64,
     per_ms: f64,
-    shared: Option<Cache>,
+    /// Holds the shared bucket when it has Redis.
+    cache: Cache,
+    /// Used without Redis, and while Redis is unreachable.
     local: Mutex<Bucket>,
 }
 
@@ -48,7 +50,7 @@ impl RequestBudget {
             ),
             capacity,
             per_ms: per_minute * REFILL_SHARE / 60_000.0,
-            shared: cache.has_redis().then_some(cache),
+            cache,
             local: Mutex::new(Bucket {
                 tokens: capacity,
                 at: Instant::now(),
@@ -72,13 +74,12 @@ impl RequestBudget {
     }
 
     async fn take(&self) -> Duration {
-        if let Some(cache) = &self.shared {
-            if let Some(wait) = cache
-                .take_from_shared_bucket(&self.name, self.capacity, self.per_ms)
-                .await
-            {
-                return wait;
-            }
+        if let Some(wait) = self
+            .cache
+            .take_from_shared_bucket(&self.name, self.capacity, self.per_ms)
+            .await
+        {
+            return wait;
         }
         let mut bucket = self.local.lock().expect("budget lock");
         let now = Instant::now();
