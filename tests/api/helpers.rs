@@ -272,6 +272,11 @@ impl RedisServer {
     }
 }
 
+/// Serves Prometheus metrics on a free loopback port ([`TestApp::scrape`]).
+pub fn with_metrics(config: &mut Config) {
+    config.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+}
+
 /// Starts `redis-server` on loopback with persistence off and `args` added.
 pub fn spawn_redis_server(args: &[&str]) -> Child {
     Command::new("redis-server")

@@ -8,15 +8,12 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{RedisServer, sample, spawn_app_with, start_upstream};
+use crate::helpers::{RedisServer, sample, spawn_app_with, start_upstream, with_metrics};
 
 #[tokio::test]
 async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
     let upstream = start_upstream().await;
-    let mut app = spawn_app_with(upstream, |c| {
-        c.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap())
-    })
-    .await;
+    let mut app = spawn_app_with(upstream, with_metrics).await;
     let before = app.scrape().await;
     assert_eq!(sample(&before, "bankauth_rpc_requests_total", &[]), 0.0);
 
@@ -100,7 +97,7 @@ async fn readiness_follows_redis_while_liveness_and_cached_serving_do_not() {
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
         crate::helpers::use_redis(c, &redis);
-        c.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        with_metrics(c);
     })
     .await;
     let user = app.create_user("customer-1").await;

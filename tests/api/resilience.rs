@@ -12,14 +12,11 @@ use tonic_types::StatusExt;
 
 use crate::helpers::{
     RedisServer, TestApp, error_info, sample, spawn_app, spawn_app_with, start_upstream, use_redis,
+    with_metrics,
 };
 
 fn sandbox_provider(config: &mut Config) -> &mut ProviderConfig {
     config.providers.get_mut("sandbox").unwrap()
-}
-
-fn with_metrics(config: &mut Config) {
-    config.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
 }
 
 /// A widget-token request the caller gives `timeout` to answer.

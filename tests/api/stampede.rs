@@ -11,7 +11,9 @@ use futures::future::join_all;
 use jsonwebtoken::dangerous::insecure_decode_claims;
 use serde::Deserialize;
 
-use crate::helpers::{RedisServer, TestApp, sample, spawn_app, spawn_app_with, start_upstream};
+use crate::helpers::{
+    RedisServer, TestApp, sample, spawn_app, spawn_app_with, start_upstream, with_metrics,
+};
 
 #[derive(Deserialize)]
 struct Claims {
@@ -54,10 +56,7 @@ async fn widget_burst(app: &TestApp, user: &str, callers: usize) -> Vec<pb::Acce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_identical_misses_make_one_upstream_call() {
-    let mut app = spawn_app_with(start_upstream().await, |c| {
-        c.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
+    let mut app = spawn_app_with(start_upstream().await, with_metrics).await;
     let user = app.create_user("customer-1").await;
     let before = app.sandbox().token_requests();
     stall_next(&app, 1);
