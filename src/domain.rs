@@ -473,7 +473,7 @@ mod tests {
                 proptest::prop_assert!(!id.as_str().contains('/'));
             }
             if let Ok(id) = ExternalId::parse("external_id", &value) {
-                proptest::prop_assert!(id.as_str().len() <= MAX_EXTERNAL_ID_LEN);
+                proptest::prop_assert!(id.as_str().chars().count() <= MAX_EXTERNAL_ID_LEN);
             }
             if let Ok(email) = EmailAddress::parse("email", &value) {
                 proptest::prop_assert!(email.as_str().len() <= MAX_EMAIL_LEN);
