@@ -400,7 +400,7 @@ impl AuthService {
     ) -> impl Future<Output = Result<AccessToken, Error>> + Send + 'static {
         let (cache, metrics, expiry) = (self.cache.clone(), self.metrics.clone(), self.expiry);
         let (provider, key, sub, scopes) =
-            (provider.clone(), key.clone(), sub.cloned(), scopes.clone());
+            (provider.clone(), *key, sub.cloned(), scopes.clone());
         let work = async move {
             let lock_ttl = provider.longest_fetch() + FILL_LOCK_SLACK;
             let lock = match cache.coordinate_fill(&key, lock_ttl, now_millis).await {

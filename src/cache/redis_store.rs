@@ -93,10 +93,11 @@ impl RedisStore {
     }
 
     pub async fn get_token(&self, key: &TokenKey) -> Result<Option<CachedToken>, CacheError> {
+        let name = key.name();
         let value: Option<Vec<u8>> = self
             .connection
             .clone()
-            .get(key.as_str())
+            .get(&name)
             .instrument(span("GET"))
             .await?;
         let Some(sealed) = value.as_deref().and_then(|v| v.get(FINGERPRINT_LEN..)) else {
@@ -104,7 +105,7 @@ impl RedisStore {
         };
         // A value that does not open (moved, tampered, sealed with a retired
         // key) is a miss: the token is fetched again and the entry rewritten.
-        let Some(plaintext) = self.sealer.open(key.as_str(), sealed) else {
+        let Some(plaintext) = self.sealer.open(&name, sealed) else {
             tracing::debug!("a cached value did not open; treating it as a miss");
             return Ok(None);
         };
@@ -121,18 +122,15 @@ impl RedisStore {
     ) -> Result<(), CacheError> {
         let plaintext = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
         let fingerprint = fingerprint(&token.token.access_token);
-        let value = [
-            fingerprint.as_bytes(),
-            &self.sealer.seal(key.as_str(), &plaintext),
-        ]
-        .concat();
+        let name = key.name();
+        let value = [fingerprint.as_bytes(), &self.sealer.seal(&name, &plaintext)].concat();
         let mut connection = self.connection.clone();
         let _: () = connection
-            .pset_ex(key.as_str(), value, millis(ttl))
+            .pset_ex(&name, value, millis(ttl))
             .instrument(span("SET"))
             .await?;
         let _: () = connection
-            .pset_ex(index_name(&fingerprint), key.as_str(), millis(ttl))
+            .pset_ex(index_name(&fingerprint), &name, millis(ttl))
             .instrument(span("SET"))
             .await?;
         Ok(())

@@ -22,7 +22,7 @@ async fn the_redis_entry_expires_the_safety_margin_before_the_token() {
         .client()
         .get_connection()
         .unwrap()
-        .pttl(key.as_str())
+        .pttl(key.name())
         .unwrap();
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -96,9 +96,9 @@ fn raw_widget_entry(
         .client()
         .get_connection()
         .unwrap()
-        .get(key.as_str())
+        .get(key.name())
         .unwrap();
-    (key.as_str().to_owned(), value)
+    (key.name(), value)
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn redis_values_are_sealed_and_do_not_open_under_another_key() {
         .client()
         .get_connection()
         .unwrap()
-        .set(bob_key.as_str(), &stored)
+        .set(bob_key.name(), &stored)
         .unwrap();
     let before = app.sandbox().token_requests();
     let bobs = app.widget_token(&bob).await.unwrap();

@@ -131,7 +131,7 @@ async fn a_token_living_less_than_the_margin_still_caches_for_most_of_its_life()
     // would be longer than it lives).
     let key = crate::helpers::widget_key(app.sandbox(), &user);
     let ttl_ms: i64 =
-        redis::Commands::pttl(&mut redis.client().get_connection().unwrap(), key.as_str()).unwrap();
+        redis::Commands::pttl(&mut redis.client().get_connection().unwrap(), key.name()).unwrap();
     assert!((25_000..=27_000).contains(&ttl_ms), "Redis TTL {ttl_ms} ms");
 }
 
