@@ -180,6 +180,11 @@ pub struct CacheConfig {
     pub encryption_keys: Vec<EncryptionKeyConfig>,
     /// Allows plaintext values in Redis. For development only.
     pub allow_plaintext: bool,
+    /// The most replicas that run with this configuration (an autoscaler's
+    /// maximum). Without Redis to share a provider's request budget, each
+    /// replica spends only this fraction of it, so together they still stay
+    /// under the provider's published limit.
+    pub max_replicas: u32,
 }
 
 /// One cache encryption key: 32 random bytes, Base64-encoded, from a file or
@@ -211,6 +216,7 @@ impl Default for CacheConfig {
             memory_ttl_secs: 60,
             encryption_keys: Vec::new(),
             allow_plaintext: false,
+            max_replicas: 1,
         }
     }
 }
@@ -655,6 +661,12 @@ impl Config {
                 "must be positive",
             ));
         }
+        if self.cache.max_replicas == 0 {
+            return Err(ConfigError::invalid(
+                "cache.max_replicas",
+                "must be positive",
+            ));
+        }
         for (name, provider) in &self.providers {
             let key = format!("providers.{name}");
             if name.is_empty()
@@ -1081,6 +1093,10 @@ mod tests {
             (
                 format!("[cache]\nredis_url = \"http://x\"\n{MINIMAL}"),
                 "cache.redis_url",
+            ),
+            (
+                format!("[cache]\nmax_replicas = 0\n{MINIMAL}"),
+                "cache.max_replicas",
             ),
             (
                 format!("[server]\nlisten_adr = \"0.0.0.0:1\"\n{MINIMAL}"),

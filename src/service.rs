@@ -399,8 +399,7 @@ impl AuthService {
         deadline: Option<tokio::time::Instant>,
     ) -> impl Future<Output = Result<AccessToken, Error>> + Send + 'static {
         let (cache, metrics, expiry) = (self.cache.clone(), self.metrics.clone(), self.expiry);
-        let (provider, key, sub, scopes) =
-            (provider.clone(), *key, sub.cloned(), scopes.clone());
+        let (provider, key, sub, scopes) = (provider.clone(), *key, sub.cloned(), scopes.clone());
         let work = async move {
             let lock_ttl = provider.longest_fetch() + FILL_LOCK_SLACK;
             let lock = match cache.coordinate_fill(&key, lock_ttl, now_millis).await {

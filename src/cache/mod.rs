@@ -313,10 +313,7 @@ impl Cache {
         loop {
             match redis.try_lock(key, &owner, lock_ttl).await {
                 Ok(true) => {
-                    return Fill::Proceed(Some(FillLock {
-                        key: *key,
-                        owner,
-                    }));
+                    return Fill::Proceed(Some(FillLock { key: *key, owner }));
                 }
                 Ok(false) => {}
                 Err(error) => {

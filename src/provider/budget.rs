@@ -1,7 +1,8 @@
 //! bankauth's own budget for a provider's published rate limit, so that
 //! however many replicas run, together they never trip the provider's
-//! limiter: a token bucket in Redis shared by all of them, or in process
-//! without Redis (and while Redis is unreachable).
+//! limiter: a token bucket in Redis shared by all of them. Without Redis
+//! (or while it is unreachable) each replica keeps its own bucket holding
+//! its share of the limit: the limit divided by `cache.max_replicas`.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,37 +23,62 @@ const REFILL_SHARE: f64 = 0.9;
 pub struct RequestBudget {
     /// Redis key of the shared bucket (a hash: it names no client id).
     name: String,
-    capacity: f64,
-    per_ms: f64,
+    shared: Shape,
     /// Holds the shared bucket when it has Redis.
     cache: Cache,
-    /// Used without Redis, and while Redis is unreachable.
+    /// This replica's share, used without Redis and while Redis is unreachable.
     local: Mutex<Bucket>,
+}
+
+/// A token bucket's size and refill rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Shape {
+    capacity: f64,
+    per_ms: f64,
+}
+
+impl Shape {
+    /// Burst plus a minute's refill equals `per_minute`; at least one
+    /// request fits, or the bucket would never admit any.
+    fn for_limit(per_minute: f64) -> Self {
+        Self {
+            capacity: (per_minute * (1.0 - REFILL_SHARE)).max(1.0),
+            per_ms: per_minute * REFILL_SHARE / 60_000.0,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Bucket {
+    shape: Shape,
     tokens: f64,
     at: Instant,
 }
 
 impl RequestBudget {
     /// A budget for a provider allowing `per_minute` requests a minute to
-    /// `client_id`, shared through `cache`'s Redis when it has one.
-    pub fn new(provider: &str, client_id: &str, per_minute: u32, cache: Cache) -> Self {
+    /// `client_id`, shared through `cache`'s Redis when it has one, by up
+    /// to `replicas` replicas.
+    pub fn new(
+        provider: &str,
+        client_id: &str,
+        per_minute: u32,
+        replicas: u32,
+        cache: Cache,
+    ) -> Self {
         let per_minute = f64::from(per_minute.max(1));
-        let capacity = (per_minute * (1.0 - REFILL_SHARE)).max(1.0);
+        let local = Shape::for_limit(per_minute / f64::from(replicas.max(1)));
         let identity = serde_json::json!(["v1", provider, client_id]).to_string();
         Self {
             name: format!(
                 "bankauth:v1:budget:{}",
                 hex::encode(Sha256::digest(identity))
             ),
-            capacity,
-            per_ms: per_minute * REFILL_SHARE / 60_000.0,
+            shared: Shape::for_limit(per_minute),
             cache,
             local: Mutex::new(Bucket {
-                tokens: capacity,
+                shape: local,
+                tokens: local.capacity,
                 at: Instant::now(),
             }),
         }
@@ -76,21 +102,22 @@ impl RequestBudget {
     async fn take(&self) -> Duration {
         if let Some(wait) = self
             .cache
-            .take_from_shared_bucket(&self.name, self.capacity, self.per_ms)
+            .take_from_shared_bucket(&self.name, self.shared.capacity, self.shared.per_ms)
             .await
         {
             return wait;
         }
         let mut bucket = self.local.lock().expect("budget lock");
+        let Shape { capacity, per_ms } = bucket.shape;
         let now = Instant::now();
-        let refill = now.duration_since(bucket.at).as_secs_f64() * 1000.0 * self.per_ms;
-        bucket.tokens = (bucket.tokens + refill).min(self.capacity);
+        let refill = now.duration_since(bucket.at).as_secs_f64() * 1000.0 * per_ms;
+        bucket.tokens = (bucket.tokens + refill).min(capacity);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_ms / 1000.0)
+            Duration::from_secs_f64((1.0 - bucket.tokens) / per_ms / 1000.0)
         }
     }
 }

@@ -94,10 +94,11 @@ impl Provider {
     }
 
     /// Builds the provider, running OpenID discovery when only an issuer is configured.
-    /// `cache` shares the provider's request budget between replicas.
+    /// `cache` shares the provider's request budget between up to `replicas` replicas.
     pub async fn connect(
         name: &str,
         config: &ProviderConfig,
+        replicas: u32,
         metrics: Arc<Metrics>,
         cache: &Cache,
     ) -> Result<Self, SetupError> {
@@ -120,6 +121,7 @@ impl Provider {
                     name,
                     &config.client_id,
                     per_minute,
+                    replicas,
                     cache.clone(),
                 ))
             }),
@@ -275,7 +277,14 @@ impl Providers {
     ) -> Result<Self, SetupError> {
         let mut providers = BTreeMap::new();
         for (name, provider) in &config.providers {
-            let provider = Provider::connect(name, provider, metrics.clone(), cache).await?;
+            let provider = Provider::connect(
+                name,
+                provider,
+                config.cache.max_replicas,
+                metrics.clone(),
+                cache,
+            )
+            .await?;
             providers.insert(name.clone(), Arc::new(provider));
         }
         Ok(Self(providers))

@@ -271,6 +271,37 @@ async fn replicas_share_the_providers_rate_limit_and_queue_within_the_deadline()
 }
 
 #[tokio::test]
+async fn while_redis_is_down_each_replica_spends_only_its_share_of_the_rate_limit() {
+    let mut redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    // 120 a minute for up to 2 replicas: a shared burst of 12; alone, each
+    // replica's bucket holds a burst of 6 and refills one every 1.1 s.
+    let configure = |c: &mut Config| {
+        use_redis(c, &redis);
+        c.cache.redis_timeout_ms = 200;
+        c.cache.max_replicas = 2;
+        sandbox_provider(c).rate_limit_per_minute = Some(120);
+    };
+    let first = spawn_app_with(upstream.clone(), configure).await;
+    let second = spawn_app_with(upstream.clone(), configure).await;
+    redis.kill();
+    let before = upstream.sandbox.token_requests();
+    let users = upstream.sandbox.seed_users(24);
+
+    let succeeded = burst(&[&first, &second], &users, Duration::from_secs(1)).await;
+    // The whole limit per replica would let all 24 through.
+    assert!(
+        (10..=14).contains(&succeeded),
+        "{succeeded} requests got through two replicas' shares of 6"
+    );
+    assert_eq!(
+        upstream.sandbox.token_requests() - before,
+        succeeded as u64,
+        "refused requests never reached the provider"
+    );
+}
+
+#[tokio::test]
 async fn a_stalled_provider_fails_a_caller_at_its_deadline_and_serves_cached_tokens() {
     let mut app = spawn_app().await;
     let users = app.sandbox().seed_users(2);
