@@ -3,8 +3,10 @@
 //! Logs go to stderr (stdout stays free for what the demo prints): text, coloured
 //! only on a terminal, or JSON lines. Traces are exported over OTLP when the
 //! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, over
-//! gRPC or, with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, HTTP; W3C
-//! `traceparent` is continued from incoming gRPC metadata and passed to providers.
+//! gRPC or, with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, HTTP; an `https`
+//! endpoint is verified against the system's roots, or only against the CA in
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` when that is set. W3C `traceparent` is
+//! continued from incoming gRPC metadata and passed to providers.
 
 pub mod metrics;
 pub mod propagation;
@@ -12,16 +14,23 @@ pub mod propagation;
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{
+    ExporterBuildError, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::Deserialize;
+use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use metrics::Metrics;
+
+/// How long an OTLP/HTTP export may take with a custom CA (the
+/// specification's default `OTEL_EXPORTER_OTLP_TIMEOUT`).
+const OTLP_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -83,8 +92,7 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
 }
 
 /// An OTLP exporter when the standard environment asks for one.
-fn otlp_tracer_provider()
--> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
+fn otlp_tracer_provider() -> Result<Option<SdkTracerProvider>, ExporterBuildError> {
     let configured = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -96,18 +104,53 @@ fn otlp_tracer_provider()
         return Ok(None);
     }
     let builder = opentelemetry_otlp::SpanExporter::builder();
-    let exporter = match otlp_protocol().as_deref() {
-        None | Some("grpc") => builder.with_tonic().build()?,
-        Some("http/protobuf") => builder
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build()?,
+    let collector_ca = otlp_env(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ])
+    .map(|path| {
+        std::fs::read(&path).map_err(|error| {
+            ExporterBuildError::InvalidConfiguration(format!(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read {path}: {error}"
+            ))
+        })
+    })
+    .transpose()?;
+    let exporter = match otlp_env(&[
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ])
+    .as_deref()
+    {
+        None | Some("grpc") => {
+            let mut grpc = builder.with_tonic();
+            let https = otlp_env(&[
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ])
+            .is_some_and(|endpoint| endpoint.starts_with("https://"));
+            if https {
+                let tls = ClientTlsConfig::new();
+                grpc = grpc.with_tls_config(match collector_ca {
+                    Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                    None => tls.with_native_roots(),
+                });
+            }
+            grpc.build()?
+        }
+        Some("http/protobuf") => {
+            let mut http = builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(pem) = collector_ca {
+                http = http.with_http_client(http_client_trusting(pem)?);
+            }
+            http.build()?
+        }
         Some(other) => {
-            return Err(
-                opentelemetry_otlp::ExporterBuildError::InvalidConfiguration(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not grpc or http/protobuf"
-                )),
-            );
+            return Err(ExporterBuildError::InvalidConfiguration(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not grpc or http/protobuf"
+            )));
         }
     };
     let mut resource = Resource::builder();
@@ -122,14 +165,32 @@ fn otlp_tracer_provider()
     ))
 }
 
-/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`.
-/// Unset means gRPC (the specification's default is HTTP; bankauth keeps
-/// gRPC, which it spoke first, so existing deployments do not change).
-fn otlp_protocol() -> Option<String> {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ]
-    .iter()
-    .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+/// The first of `vars` set to something, as the specification orders them
+/// (the per-signal variable before the general one). An unset protocol
+/// means gRPC (the specification's default is HTTP; bankauth keeps gRPC,
+/// which it spoke first, so existing deployments do not change).
+fn otlp_env(vars: &[&str]) -> Option<String> {
+    vars.iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+}
+
+/// The OTLP/HTTP client, trusting only the collector's CA (`pem`). Built on
+/// its own thread, as the exporter builds its default one: a blocking
+/// client cannot be created inside the Tokio runtime.
+fn http_client_trusting(pem: Vec<u8>) -> Result<reqwest::blocking::Client, ExporterBuildError> {
+    let invalid = |error: reqwest::Error| {
+        ExporterBuildError::InvalidConfiguration(format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {error}"))
+    };
+    std::thread::spawn(move || {
+        let ca = reqwest::Certificate::from_pem(&pem).map_err(invalid)?;
+        reqwest::blocking::Client::builder()
+            .tls_certs_only([ca])
+            .timeout(OTLP_HTTP_TIMEOUT)
+            .build()
+            .map_err(invalid)
+    })
+    .join()
+    .map_err(|_| {
+        ExporterBuildError::InternalFailure("building the OTLP HTTP client panicked".into())
+    })?
 }

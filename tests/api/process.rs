@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
-use crate::helpers::{RedisServer, new_user, start_upstream};
+use crate::helpers::{RedisServer, TestCa, new_user, start_upstream};
 use bankauth::sandbox::{Endpoint, Fault};
 
 /// Reads log lines until one contains `needle`; returns it.
@@ -179,8 +179,9 @@ impl Collector {
         self.0.lock().unwrap().extend(spans);
     }
 
-    /// Serves OTLP/HTTP: protobuf bodies POSTed to `/v1/traces`.
-    async fn start_http(&self) -> std::net::SocketAddr {
+    /// Serves OTLP/HTTP: protobuf bodies POSTed to `/v1/traces`; over TLS
+    /// with `collector.pem` from `tls` when given.
+    async fn start_http(&self, tls: Option<&TestCa>) -> std::net::SocketAddr {
         use prost::Message;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -198,17 +199,33 @@ impl Collector {
                 }
             }),
         );
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        match tls {
+            None => tokio::spawn(async move { axum::serve(listener, app).await }),
+            Some(ca) => {
+                let tls = TlsListener::new(listener, ca);
+                tokio::spawn(async move { axum::serve(tls, app).await })
+            }
+        };
         addr
     }
 
-    async fn start(&self) -> std::net::SocketAddr {
+    /// Serves OTLP/gRPC; over TLS with `collector.pem` from `tls` when given.
+    async fn start(&self, tls: Option<&TestCa>) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(self.clone());
+        let mut server = tonic::transport::Server::builder();
+        if let Some(ca) = tls {
+            let identity = tonic::transport::Identity::from_pem(
+                std::fs::read(ca.path("collector.pem")).unwrap(),
+                std::fs::read(ca.path("collector.key")).unwrap(),
+            );
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
+            server
+                .add_service(TraceServiceServer::new(self.clone()))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         addr
@@ -219,25 +236,92 @@ impl Collector {
     }
 }
 
+/// A TLS listener for axum, as a collector's HTTPS endpoint.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    fn new(tcp: tokio::net::TcpListener, ca: &TestCa) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let chain = CertificateDer::pem_file_iter(ca.path("collector.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(ca.path("collector.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Self {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 #[tokio::test]
 async fn traces_reach_an_otlp_grpc_collector_continuing_the_callers_trace() {
-    traces_reach_a_collector("grpc").await;
+    traces_reach_a_collector("grpc", false).await;
 }
 
 #[tokio::test]
 async fn traces_reach_an_otlp_http_collector_continuing_the_callers_trace() {
-    traces_reach_a_collector("http/protobuf").await;
+    traces_reach_a_collector("http/protobuf", false).await;
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_grpc_collector_over_tls_trusting_its_ca() {
+    traces_reach_a_collector("grpc", true).await;
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_http_collector_over_tls_trusting_its_ca() {
+    traces_reach_a_collector("http/protobuf", true).await;
 }
 
 /// The real binary exports its spans with `protocol` (as
-/// `OTEL_EXPORTER_OTLP_PROTOCOL` names it): the RPC's span continues the
-/// caller's trace, its children are the upstream and Redis calls, and the
-/// provider receives the upstream span as its parent.
-async fn traces_reach_a_collector(protocol: &str) {
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` names it), over TLS to a collector whose
+/// CA it is given in `OTEL_EXPORTER_OTLP_CERTIFICATE` when `tls`: the RPC's
+/// span continues the caller's trace, its children are the upstream and
+/// Redis calls, and the provider receives the upstream span as its parent.
+async fn traces_reach_a_collector(protocol: &str, tls: bool) {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = tls.then(|| {
+        let ca = TestCa::new(pki.path(), "ca");
+        ca.issue("collector", "IP:127.0.0.1");
+        ca
+    });
     let collector = Collector::default();
     let collector_addr = match protocol {
-        "grpc" => collector.start().await,
-        _ => collector.start_http().await,
+        "grpc" => collector.start(ca.as_ref()).await,
+        _ => collector.start_http(ca.as_ref()).await,
     };
     let redis = RedisServer::start();
     let upstream = start_upstream().await;
@@ -247,19 +331,23 @@ async fn traces_reach_a_collector(protocol: &str) {
         redis.url().expose_secret()
     );
     let config = write_config(&dir, &upstream, &telemetry);
-    let endpoint = format!("http://{collector_addr}");
-    let (mut child, mut lines) = serve(
-        &config,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            (
-                "TEST_CACHE_KEY",
-                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-            ),
-        ],
-    );
+    let scheme = if tls { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{collector_addr}");
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        (
+            "TEST_CACHE_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
+        ),
+    ];
+    if let Some(ca) = &ca {
+        let path = ca.path("ca.pem").to_str().unwrap().to_owned();
+        env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", path));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut child, mut lines) = serve(&config, &env);
     let listening = wait_for(&mut lines, "bankauth listening").await;
     let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
     let addr = listening["fields"]["addr"].as_str().unwrap().to_owned();

@@ -62,6 +62,7 @@ paths in bankauth.toml are "<secretsDir>/<secret key>".
 {{- define "bankauth.secretsDir" -}}/etc/bankauth/secrets{{- end }}
 {{- define "bankauth.tlsDir" -}}/etc/bankauth/tls{{- end }}
 {{- define "bankauth.redisCaDir" -}}/etc/bankauth/redis-ca{{- end }}
+{{- define "bankauth.otelCaDir" -}}/etc/bankauth/otel-ca{{- end }}
 {{- define "bankauth.configDir" -}}/etc/bankauth/config{{- end }}
 
 {{/*
