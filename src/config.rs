@@ -182,7 +182,7 @@ pub struct CacheConfig {
     pub allow_plaintext: bool,
     /// The most replicas that run with this configuration (an autoscaler's
     /// maximum). Without Redis to share a provider's request budget, each
-    /// replica spends only this fraction of it, so together they still stay
+    /// replica spends only 1/max_replicas of it, so together they still stay
     /// under the provider's published limit.
     pub max_replicas: u32,
 }

@@ -3,7 +3,8 @@
 //! it is the cache.
 //!
 //! quick_cache rather than moka: it keeps about 85 bytes of bookkeeping per
-//! entry against moka's ~390, a quarter of a cached token's whole footprint.
+//! entry against moka's ~390, which was nearly a third of a cached token's
+//! whole footprint.
 //! It has no timers, so an entry past its deadline is never served and is
 //! dropped when next read, or evicted like any other when the tier is full.
 

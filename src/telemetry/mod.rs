@@ -122,6 +122,8 @@ fn otlp_tracer_provider() -> Result<Option<SdkTracerProvider>, ExporterBuildErro
     ])
     .as_deref()
     {
+        // Unset means gRPC: the specification's default is HTTP, but bankauth
+        // spoke gRPC first, and existing deployments keep working unchanged.
         None | Some("grpc") => {
             let mut grpc = builder.with_tonic();
             let https = otlp_env(&[
@@ -166,9 +168,7 @@ fn otlp_tracer_provider() -> Result<Option<SdkTracerProvider>, ExporterBuildErro
 }
 
 /// The first of `vars` set to something, as the specification orders them
-/// (the per-signal variable before the general one). An unset protocol
-/// means gRPC (the specification's default is HTTP; bankauth keeps gRPC,
-/// which it spoke first, so existing deployments do not change).
+/// (the per-signal variable before the general one).
 fn otlp_env(vars: &[&str]) -> Option<String> {
     vars.iter()
         .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
