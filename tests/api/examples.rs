@@ -15,13 +15,11 @@ use std::time::Duration;
 use bankauth::demo::DemoUpstream;
 use bankauth::proto::v1::auth_service_client::AuthServiceClient;
 use bankauth::proto::v1::{self as pb};
-use secrecy::ExposeSecret;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use crate::helpers::{sha256_hex, start_upstream};
+use crate::helpers::{serve_binary, sha256_hex, start_upstream, write_client_key};
 
 const API_KEY: &str = "examples-test-api-key-6bc1bee22e409f96";
 
@@ -39,8 +37,7 @@ impl Bankauth {
     async fn start() -> Self {
         let upstream = start_upstream().await;
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("client.pem");
-        std::fs::write(&key, upstream.client_key_pem.expose_secret()).unwrap();
+        let key = write_client_key(dir.path(), &upstream);
         let config = dir.path().join("bankauth.toml");
         std::fs::write(
             &config,
@@ -70,19 +67,11 @@ impl Bankauth {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bankauth"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let (child, mut lines) = serve_binary(&config, &[]);
         // Its logs are drained as they come (so it never blocks), kept for failure messages.
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (listening, addr) = tokio::sync::oneshot::channel();
         let mut listening = Some(listening);
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = logs.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {

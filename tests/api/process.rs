@@ -1,7 +1,7 @@
 //! The real binary as an operator runs it: `bankauth serve` with a file,
 //! SIGHUP re-running discovery, SIGTERM draining and exiting 0.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,9 +17,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{ChildStderr, Command};
 
-use crate::helpers::{RedisServer, TestCa, new_user, start_upstream};
+use crate::helpers::{
+    RedisServer, TestCa, new_user, serve_binary, start_upstream, write_client_key,
+};
 use bankauth::sandbox::{Endpoint, Fault};
 
 /// Reads log lines until one contains `needle`; returns it.
@@ -53,8 +55,7 @@ fn signal(pid: u32, name: &str) {
 /// Writes a configuration for the sandbox `upstream` (plus `extra` TOML) and
 /// its key into `dir`; returns the configuration's path.
 fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -> PathBuf {
-    let key = dir.path().join("client.pem");
-    std::fs::write(&key, upstream.client_key_pem.expose_secret()).unwrap();
+    let key = write_client_key(dir.path(), upstream);
     let config = dir.path().join("bankauth.toml");
     std::fs::write(
         &config,
@@ -85,21 +86,6 @@ fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -
     config
 }
 
-/// Starts `bankauth serve --config <config>` with `env`, its logs piped.
-fn serve(config: &Path, env: &[(&str, &str)]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bankauth"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    (child, lines)
-}
-
 /// Waits for the "listening" log line; returns the address it names.
 async fn listening_addr(lines: &mut Lines<BufReader<ChildStderr>>) -> String {
     let listening = wait_for(lines, "bankauth listening").await;
@@ -119,7 +105,7 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
     let upstream = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &upstream, "");
-    let (mut child, mut lines) = serve(&config, &[]);
+    let (mut child, mut lines) = serve_binary(&config, &[]);
     let pid = child.id().unwrap();
     let addr = listening_addr(&mut lines).await;
 
@@ -347,7 +333,7 @@ async fn traces_reach_a_collector(protocol: &str, tls: bool) {
         env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", path));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (mut child, mut lines) = serve(&config, &env);
+    let (mut child, mut lines) = serve_binary(&config, &env);
     let listening = wait_for(&mut lines, "bankauth listening").await;
     let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
     let addr = listening["fields"]["addr"].as_str().unwrap().to_owned();
@@ -599,7 +585,7 @@ async fn sigterm_under_load_completes_every_accepted_call_and_exits_zero() {
     let upstream = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &upstream, "");
-    let (mut child, mut lines) = serve(&config, &[]);
+    let (mut child, mut lines) = serve_binary(&config, &[]);
     let addr = listening_addr(&mut lines).await;
     let users = upstream.sandbox.seed_users(200);
     const WORKERS: usize = 16;
