@@ -180,6 +180,10 @@ pub struct CacheConfig {
     pub encryption_keys: Vec<EncryptionKeyConfig>,
     /// Allows plaintext values in Redis. For development only.
     pub allow_plaintext: bool,
+    /// Refuse to start while Redis is unreachable. Off by default: a replica
+    /// started during an outage serves from its own tier and the provider,
+    /// and attaches to Redis when it is back.
+    pub require_redis_at_startup: bool,
     /// The most replicas that run with this configuration (an autoscaler's
     /// maximum). Without Redis to share a provider's request budget, each
     /// replica spends only 1/max_replicas of it, so together they still stay
@@ -216,6 +220,7 @@ impl Default for CacheConfig {
             memory_ttl_secs: 60,
             encryption_keys: Vec::new(),
             allow_plaintext: false,
+            require_redis_at_startup: false,
             max_replicas: 1,
         }
     }

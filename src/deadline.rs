@@ -3,33 +3,55 @@
 //! retrying or queueing once nobody is waiting any more.
 //!
 //! The API layer sets it from the caller's `grpc-timeout` (capped by
-//! `server.request_timeout_ms`); detached work (a shared fetch, a background
-//! refresh) captures it or sets its own.
+//! `server.request_timeout_ms`). A shared fetch runs under a [`Deadline`]
+//! that every caller joining it extends to its own, so the fetch keeps
+//! trying for as long as anyone still waits; a background refresh has none
+//! and the upstream layer uses the provider's own bound.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 tokio::task_local! {
-    static DEADLINE: Instant;
+    static DEADLINE: Deadline;
+}
+
+/// A deadline that waiters can push later, never earlier.
+#[derive(Debug, Clone)]
+pub struct Deadline(Arc<Mutex<Instant>>);
+
+impl Deadline {
+    pub fn new(at: Instant) -> Self {
+        Self(Arc::new(Mutex::new(at)))
+    }
+
+    /// The latest of the current deadline and `at`.
+    pub fn extend_to(&self, at: Instant) {
+        let mut current = self.0.lock().expect("deadline lock");
+        *current = (*current).max(at);
+    }
+
+    pub fn at(&self) -> Instant {
+        *self.0.lock().expect("deadline lock")
+    }
 }
 
 /// Runs `work` with `deadline` as its deadline.
 pub async fn scope<F: Future>(deadline: Instant, work: F) -> F::Output {
+    scope_shared(Deadline::new(deadline), work).await
+}
+
+/// Runs `work` under a deadline others may extend while it runs.
+pub async fn scope_shared<F: Future>(deadline: Deadline, work: F) -> F::Output {
     DEADLINE.scope(deadline, work).await
 }
 
-/// The deadline of the work in progress, if it has one.
+/// The deadline of the work in progress, as it stands now, if it has one.
 pub fn current() -> Option<Instant> {
-    DEADLINE.try_with(|deadline| *deadline).ok()
+    DEADLINE.try_with(Deadline::at).ok()
 }
-
-/// The current deadline, or `fallback` from now when there is none.
-pub fn current_or(fallback: Duration) -> Instant {
-    current().unwrap_or_else(|| Instant::now() + fallback)
-}
-
 /// Reads a `grpc-timeout` header value (gRPC over HTTP/2: at most eight
 /// digits and a unit, H M S m u n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -77,5 +99,18 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         assert_eq!(current(), None);
         assert_eq!(scope(deadline, async { current() }).await, Some(deadline));
+    }
+
+    #[tokio::test]
+    async fn a_shared_deadline_only_ever_moves_later() {
+        let first = Instant::now() + Duration::from_millis(50);
+        let shared = Deadline::new(first);
+        let seen = scope_shared(shared.clone(), async {
+            shared.extend_to(first + Duration::from_secs(10));
+            shared.extend_to(first);
+            current()
+        })
+        .await;
+        assert_eq!(seen, Some(first + Duration::from_secs(10)));
     }
 }

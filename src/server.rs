@@ -53,11 +53,15 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// How often readiness re-checks Redis.
-const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the Redis health status re-checks Redis.
+const REDIS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// The health service name the liveness probe checks: SERVING while the
 /// process runs, whatever Redis or the providers are doing.
 pub const LIVENESS_SERVICE: &str = "liveness";
+/// The health service name that says whether Redis answers, for dashboards.
+/// Readiness ("" and AuthService) does not follow it: without Redis a
+/// replica still serves, from its own tier and the provider.
+pub const REDIS_SERVICE: &str = "redis";
 
 /// A configured bankauth, listening but not yet serving.
 pub struct Application {
@@ -85,6 +89,7 @@ impl Application {
         let redis = config.redis_target()?;
         let cache = Cache::connect(
             redis.as_ref(),
+            config.cache.require_redis_at_startup,
             config.cache_sealer()?,
             config.cache_tiers(),
             metrics.clone(),
@@ -152,11 +157,18 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-            .await;
+        // Readiness: this process answers from now until it drains.
+        for service in [
+            LIVENESS_SERVICE,
+            "",
+            <AuthServiceServer<AuthApi> as NamedService>::NAME,
+        ] {
+            health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
         // Background tasks, stopped when this function returns.
-        let readiness = AbortOnDrop(tokio::spawn(track_readiness(
+        let _redis_health = AbortOnDrop(tokio::spawn(track_redis(
             health.clone(),
             self.cache.clone(),
         )));
@@ -214,8 +226,6 @@ impl Application {
             () = shutdown => {}
         }
         tracing::info!("shutting down: no new RPCs, draining in-flight ones");
-        // Readiness must not flip back to SERVING while draining.
-        readiness.0.abort();
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
@@ -269,28 +279,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Readiness (the overall health status and AuthService's): SERVING while
-/// the cache can serve, so a replica that lost Redis leaves the load balancer.
-async fn track_readiness(health: HealthReporter, cache: Cache) {
-    let mut ready = None;
+/// The [`REDIS_SERVICE`] health status: SERVING while Redis answers.
+/// Checking also reattaches to Redis when no request comes by.
+async fn track_redis(health: HealthReporter, cache: Cache) {
+    let mut answered = None;
     loop {
-        let now_ready = cache.is_ready().await;
-        if ready != Some(now_ready) {
-            let status = if now_ready {
+        let Some(now_answers) = cache.redis_answers().await else {
+            return;
+        };
+        if answered != Some(now_answers) {
+            let status = if now_answers {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(<AuthServiceServer<AuthApi> as NamedService>::NAME, status)
-                .await;
-            if ready.is_some() {
-                tracing::warn!(ready = now_ready, "readiness changed");
-            }
-            ready = Some(now_ready);
+            health.set_service_status(REDIS_SERVICE, status).await;
+            answered = Some(now_answers);
         }
-        tokio::time::sleep(READINESS_INTERVAL).await;
+        tokio::time::sleep(REDIS_CHECK_INTERVAL).await;
     }
 }
 

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::access::AccessError;
-use crate::cache::single_flight::{Flight, SingleFlight};
+use crate::cache::single_flight::{Abandoned, Flight, SingleFlight};
 use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint};
 use crate::deadline;
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
@@ -50,6 +50,10 @@ pub enum Error {
         #[source]
         source: IdTokenError,
     },
+    /// A bug: the shared fetch this request waited on ended without a
+    /// result (it panicked). The next request starts a new fetch.
+    #[error("the token fetch failed unexpectedly; retry")]
+    Internal(#[from] Abandoned),
 }
 
 /// The result of a code exchange or refresh. Holds bearer secrets, so it
@@ -194,10 +198,10 @@ impl AuthService {
             .await
     }
 
-    /// Drops the cached token with this SHA-256 wherever it is still the
-    /// cached one; true when a copy was dropped here or in Redis.
-    pub async fn invalidate(&self, fingerprint: &str) -> bool {
-        self.cache.invalidate(fingerprint).await
+    /// Drops `provider`'s cached token with this SHA-256 wherever it is
+    /// still the cached one; true when a copy was dropped here or in Redis.
+    pub async fn invalidate(&self, provider: &Provider, fingerprint: &str) -> bool {
+        self.cache.invalidate(provider.name(), fingerprint).await
     }
 
     /// Exchanges an authorization code for a token set and validates its ID
@@ -360,13 +364,13 @@ impl AuthService {
         if let (true, Some(revoked)) = (force_refresh, &cached) {
             // Compare-and-delete, as InvalidateToken: a fresher token stays.
             self.cache
-                .invalidate(&fingerprint(&revoked.token.access_token))
+                .invalidate(provider.name(), &fingerprint(&revoked.token.access_token))
                 .await;
         }
         if let Some(cached) = cached.filter(|_| !force_refresh) {
             if cached.needs_refresh(now) {
                 // Nobody waits on a refresh: it keeps the provider's own deadline.
-                let refresh = self.fill(provider, &key, sub, scopes, None);
+                let refresh = self.fill(provider, &key, sub, scopes);
                 let provider_name = provider.name().to_owned();
                 self.flights.spawn(key, async move {
                     let result = refresh.await;
@@ -378,8 +382,8 @@ impl AuthService {
             }
             return Ok((cached.token, CacheOutcome::Hit));
         }
-        let fill = self.fill(provider, &key, sub, scopes, deadline::current());
-        let (result, flight) = self.flights.run(key, fill).await;
+        let fill = self.fill(provider, &key, sub, scopes);
+        let (result, flight) = self.flights.run(key, deadline::current(), fill).await?;
         if flight == Flight::Joined {
             self.metrics.coalesced(provider.name());
         }
@@ -388,19 +392,18 @@ impl AuthService {
 
     /// One flight's detached work: coordinate with other replicas, fetch,
     /// cache. Owns everything it needs, since it outlives its callers; its
-    /// retries stop at `deadline` (the first caller's), but a caller giving
-    /// up earlier cancels nothing.
+    /// retries stop at the latest deadline among the callers waiting on it
+    /// (see [`SingleFlight::run`]), and a caller giving up cancels nothing.
     fn fill(
         &self,
         provider: &Arc<Provider>,
         key: &TokenKey,
         sub: Option<&UserId>,
         scopes: &ScopeSet,
-        deadline: Option<tokio::time::Instant>,
     ) -> impl Future<Output = Result<AccessToken, Error>> + Send + 'static {
         let (cache, metrics, expiry) = (self.cache.clone(), self.metrics.clone(), self.expiry);
         let (provider, key, sub, scopes) = (provider.clone(), *key, sub.cloned(), scopes.clone());
-        let work = async move {
+        async move {
             let lock_ttl = provider.longest_fetch() + FILL_LOCK_SLACK;
             let lock = match cache.coordinate_fill(&key, lock_ttl, now_millis).await {
                 Fill::FilledByOther(cached) => return Ok(cached.token),
@@ -414,7 +417,7 @@ impl AuthService {
             match &result {
                 Ok(token) => {
                     metrics.token_issued(provider.name());
-                    let entry = expiry.entry(token.clone(), issued_at);
+                    let entry = expiry.entry(provider.name(), token.clone(), issued_at);
                     cache.put_token(&key, &entry, now_millis()).await;
                 }
                 Err(_) => {
@@ -427,12 +430,6 @@ impl AuthService {
                 cache.release(lock).await;
             }
             result
-        };
-        async move {
-            match deadline {
-                Some(deadline) => deadline::scope(deadline, work).await,
-                None => work.await,
-            }
         }
         // The upstream call belongs to the trace of the caller that started it.
         .instrument(tracing::Span::current())

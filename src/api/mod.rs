@@ -206,7 +206,7 @@ impl AuthServiceRpc for AuthApi {
         request: Request<pb::InvalidateTokenRequest>,
     ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
         self.observe(request, "InvalidateToken", |caller, request| async move {
-            self.provider(caller, &request.provider)?;
+            let provider = self.provider(caller, &request.provider)?;
             let fingerprint = match (
                 request.access_token.as_str(),
                 request.access_token_sha256.as_str(),
@@ -223,7 +223,7 @@ impl AuthServiceRpc for AuthApi {
                     .into());
                 }
             };
-            let invalidated = self.service.invalidate(&fingerprint).await;
+            let invalidated = self.service.invalidate(&provider, &fingerprint).await;
             Ok(pb::InvalidateTokenResponse { invalidated })
         })
         .await

@@ -67,6 +67,7 @@ impl From<Error> for Status {
                     _ => (Code::Unauthenticated, "ID_TOKEN_INVALID"),
                 }
             }
+            Error::Internal(_) => (Code::Internal, "INTERNAL_ERROR"),
             Error::Provider { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 if let Some(upstream) = upstream_error(&source) {

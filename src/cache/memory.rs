@@ -81,19 +81,18 @@ impl MemoryStore {
     ///
     /// A scan rather than an index: invalidations are rare, and an index
     /// would cost every cached token a second entry.
-    pub fn invalidate(&self, fingerprint_hex: &str) -> bool {
+    pub fn invalidate(&self, provider: &str, fingerprint_hex: &str) -> bool {
         let Some(target) = hex::decode(fingerprint_hex)
             .ok()
             .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         else {
             return false;
         };
-        let Some((key, _)) = self.tokens.iter().find(|(_, e)| e.fingerprint == target) else {
+        let held = |entry: &Entry| entry.fingerprint == target && entry.token.provider == provider;
+        let Some((key, _)) = self.tokens.iter().find(|(_, entry)| held(entry)) else {
             return false;
         };
-        self.tokens
-            .remove_if(&key, |entry| entry.fingerprint == target)
-            .is_some()
+        self.tokens.remove_if(&key, held).is_some()
     }
 
     pub fn remembered_user(&self, key: &UserKey) -> Option<String> {
@@ -116,6 +115,7 @@ mod tests {
 
     fn token(value: &str) -> CachedToken {
         CachedToken {
+            provider: "p".into(),
             token: AccessToken {
                 access_token: value.into(),
                 token_type: "Bearer".into(),
@@ -149,8 +149,12 @@ mod tests {
         let store = MemoryStore::new(10);
         store.put_token(&key(1), &token("revoked"), Duration::from_secs(60));
         store.put_token(&key(2), &token("other"), Duration::from_secs(60));
-        assert!(!store.invalidate(&hex::encode(fingerprint("never cached"))));
-        assert!(store.invalidate(&hex::encode(fingerprint("revoked"))));
+        assert!(!store.invalidate("p", &hex::encode(fingerprint("never cached"))));
+        assert!(
+            !store.invalidate("other-provider", &hex::encode(fingerprint("revoked"))),
+            "another provider's token is not this one"
+        );
+        assert!(store.invalidate("p", &hex::encode(fingerprint("revoked"))));
         assert!(store.get_token(&key(1)).is_none());
         assert!(store.get_token(&key(2)).is_some());
     }

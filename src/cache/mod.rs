@@ -23,8 +23,9 @@ pub use redis_connection::{RedisTarget, Topology};
 pub use redis_store::{RedisStore, fingerprint};
 
 /// Bumped whenever the key derivation or the stored value's shape changes,
-/// so old entries are simply never read again.
-const KEY_VERSION: &str = "v1";
+/// so old entries are simply never read again. v2: entries name their
+/// provider, remembered user ids are sealed.
+const KEY_VERSION: &str = "v2";
 
 /// Who mints a token: everything about the request besides `sub` and the
 /// scopes that could change what comes back. Pointing a provider name at
@@ -79,6 +80,9 @@ impl std::fmt::Debug for TokenKey {
 /// A token with the moments that govern its caching, in Unix milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedToken {
+    /// The provider that issued it: InvalidateToken names a provider and
+    /// drops only that provider's tokens.
+    pub provider: String,
     pub token: AccessToken,
     /// From here on a hit also refreshes the token in the background.
     pub refresh_at_ms: i64,
@@ -123,14 +127,15 @@ pub struct ExpiryPolicy {
 }
 
 impl ExpiryPolicy {
-    /// The cache entry for `token`, whose request was sent at `issued_at_ms`.
-    pub fn entry(&self, token: AccessToken, issued_at_ms: i64) -> CachedToken {
+    /// The cache entry for `provider`'s `token`, whose request was sent at `issued_at_ms`.
+    pub fn entry(&self, provider: &str, token: AccessToken, issued_at_ms: i64) -> CachedToken {
         let expires_at_ms = token.expires_at.saturating_mul(1000);
         let lifetime_ms = (expires_at_ms - issued_at_ms).max(0) as f64;
         let margin_ms = (self.margin.as_millis() as f64).min(lifetime_ms * self.margin_fraction);
         let (low, high) = self.refresh_window;
         let refresh_fraction = low + (high - low) * unit_random();
         CachedToken {
+            provider: provider.to_owned(),
             refresh_at_ms: issued_at_ms + (lifetime_ms * refresh_fraction) as i64,
             serve_until_ms: expires_at_ms - margin_ms as i64,
             token,
@@ -172,6 +177,20 @@ pub enum CacheError {
     Corrupt,
 }
 
+impl CacheError {
+    /// Redis answered, but refused our credentials or presented a
+    /// certificate we do not trust: waiting will not fix it.
+    fn is_misconfiguration(&self) -> bool {
+        let Self::Redis(error) = self else {
+            return false;
+        };
+        // The TLS error reaches us only as text ("invalid peer certificate: …").
+        let untrusted_certificate =
+            error.kind() == redis::ErrorKind::Io && error.to_string().contains("certificate");
+        error.kind() == redis::ErrorKind::AuthenticationFailed || untrusted_certificate
+    }
+}
+
 /// What a replica about to call the provider learned from the others.
 pub enum Fill {
     /// Go ahead; release the lock (if any) once the token is cached.
@@ -208,25 +227,39 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Connects to Redis when a URL is given (failing at startup if it is
-    /// unreachable); the in-process tier is always there.
+    /// The in-process tier, in front of Redis when a target is given. Redis
+    /// is tried once here: unreachable, startup fails if `require_redis`,
+    /// else the cache starts in an outage (serving from this process and
+    /// the provider) and attaches to Redis when it answers. A refused
+    /// password or certificate is configuration, not an outage: it always
+    /// fails startup.
     pub async fn connect(
         redis: Option<&RedisTarget>,
+        require_redis: bool,
         sealer: seal::Sealer,
         tiers: Tiers,
         metrics: Arc<Metrics>,
     ) -> Result<Self, CacheError> {
-        let redis = match redis {
-            Some(target) => Some(RedisStore::connect(target, sealer).await?),
-            None => None,
-        };
-        Ok(Self {
+        let redis = redis
+            .map(|target| RedisStore::new(target, sealer))
+            .transpose()?;
+        let cache = Self {
             memory: MemoryStore::new(tiers.max_entries),
             redis,
             memory_ttl: tiers.memory_ttl,
             metrics,
             outage: Arc::default(),
-        })
+        };
+        if let Some(redis) = &cache.redis {
+            match redis.ping().await {
+                Ok(()) => cache.metrics.redis_up(true),
+                Err(error) if require_redis || error.is_misconfiguration() => return Err(error),
+                Err(error) => {
+                    cache.report::<()>(Err(error), "starting without Redis");
+                }
+            }
+        }
+        Ok(cache)
     }
 
     /// Keeps a copy in process, for no longer than `memory_ttl` when Redis
@@ -243,7 +276,7 @@ impl Cache {
     }
 
     /// A servable cached token: from this process, else from Redis (then
-    /// kept in process until its own serving deadline).
+    /// kept in process for at most `memory_ttl`).
     pub async fn get_token(&self, key: &TokenKey, now_ms: i64) -> Option<CachedToken> {
         let local = self.memory.get_token(key).filter(|t| t.is_servable(now_ms));
         self.metrics.cache_lookup("memory", local.is_some());
@@ -286,20 +319,43 @@ impl Cache {
 
     /// After a failed refresh, keeps serving the cached token and tries
     /// again no sooner than `delay` from now, so an outage is not hammered.
+    /// Only while the entry still holds the token this replica knows: one
+    /// another replica invalidated or replaced is never written back.
     pub async fn postpone_refresh(&self, key: &TokenKey, now_ms: i64, delay: Duration) {
         let cached = match self.memory.get_token(key) {
             Some(token) => Some(token),
             None => self.get_shared(key, now_ms).await,
         };
-        if let Some(mut token) = cached.filter(|t| t.is_servable(now_ms)) {
-            token.refresh_at_ms = now_ms + delay.as_millis() as i64;
-            self.put_token(key, &token, now_ms).await;
+        let Some(mut token) = cached.filter(|t| t.is_servable(now_ms)) else {
+            return;
+        };
+        let Some(ttl) = token.ttl(now_ms) else {
+            return;
+        };
+        token.refresh_at_ms = now_ms + delay.as_millis() as i64;
+        let still_cached = match self.shared() {
+            Some(redis) => {
+                let replaced = redis.replace_token(key, &token, ttl).await;
+                self.report(replaced, "could not postpone a refresh in Redis")
+                    .unwrap_or(true)
+            }
+            None => true,
+        };
+        if still_cached {
+            self.keep_local(key, &token, ttl);
+        } else {
+            self.memory
+                .invalidate(&token.provider, &fingerprint(&token.token.access_token));
         }
     }
 
     /// Coordinates a fill with other replicas: take the lock, or wait for
     /// the holder's token, or (after the lock's TTL: a crashed holder) take
     /// over. An efficiency lock only: on a Redis error, go ahead.
+    ///
+    /// Having taken the lock, it reads Redis once more: a replica that saw
+    /// a miss before the previous holder wrote its token, and locked after
+    /// that holder released, would otherwise fetch a second token.
     pub async fn coordinate_fill(
         &self,
         key: &TokenKey,
@@ -313,7 +369,14 @@ impl Cache {
         loop {
             match redis.try_lock(key, &owner, lock_ttl).await {
                 Ok(true) => {
-                    return Fill::Proceed(Some(FillLock { key: *key, owner }));
+                    let lock = FillLock { key: *key, owner };
+                    return match self.filled(key, now()).await {
+                        Some(token) => {
+                            self.release(lock).await;
+                            Fill::FilledByOther(token)
+                        }
+                        None => Fill::Proceed(Some(lock)),
+                    };
                 }
                 Ok(false) => {}
                 Err(error) => {
@@ -322,16 +385,23 @@ impl Cache {
                 }
             }
             tokio::time::sleep(FILL_POLL).await;
-            let now_ms = now();
-            if let Some(token) = self.get_shared(key, now_ms).await {
-                if !token.needs_refresh(now_ms) {
-                    if let Some(ttl) = token.ttl(now_ms) {
-                        self.memory.put_token(key, &token, ttl);
-                    }
-                    return Fill::FilledByOther(token);
-                }
+            if let Some(token) = self.filled(key, now()).await {
+                return Fill::FilledByOther(token);
             }
         }
+    }
+
+    /// A token another replica put in Redis that needs no refresh yet, kept
+    /// in process as any token read from Redis is.
+    async fn filled(&self, key: &TokenKey, now_ms: i64) -> Option<CachedToken> {
+        let token = self
+            .get_shared(key, now_ms)
+            .await
+            .filter(|token| !token.needs_refresh(now_ms))?;
+        if let Some(ttl) = token.ttl(now_ms) {
+            self.keep_local(key, &token, ttl);
+        }
+        Some(token)
     }
 
     /// Releases a fill lock taken by [`Cache::coordinate_fill`].
@@ -345,13 +415,14 @@ impl Cache {
         }
     }
 
-    /// Drops the cached token with this fingerprint wherever it is still the
-    /// cached one: here, in Redis, and (via pub/sub) on every replica.
-    pub async fn invalidate(&self, fingerprint: &str) -> bool {
-        let local = self.memory.invalidate(fingerprint);
+    /// Drops `provider`'s cached token with this fingerprint wherever it is
+    /// still the cached one: here, in Redis, and (via pub/sub) on every
+    /// replica. Another provider's token with the same hash stays.
+    pub async fn invalidate(&self, provider: &str, fingerprint: &str) -> bool {
+        let local = self.memory.invalidate(provider, fingerprint);
         let shared = match self.shared() {
             Some(redis) => {
-                let deleted = redis.invalidate(fingerprint).await;
+                let deleted = redis.invalidate(provider, fingerprint).await;
                 self.report(deleted, "could not invalidate in Redis")
                     .unwrap_or(false)
             }
@@ -366,8 +437,8 @@ impl Cache {
         if let Some(redis) = &self.redis {
             let memory = self.memory.clone();
             redis
-                .follow_invalidations(move |fingerprint| {
-                    memory.invalidate(fingerprint);
+                .follow_invalidations(move |provider, fingerprint| {
+                    memory.invalidate(provider, fingerprint);
                 })
                 .await;
         }
@@ -426,15 +497,12 @@ impl Cache {
         )
     }
 
-    /// Whether the cache can serve: always in process; Redis must answer PING.
-    pub async fn is_ready(&self) -> bool {
-        match &self.redis {
-            None => true,
-            Some(redis) => {
-                let ping = redis.ping().await;
-                self.report(ping, "Redis does not answer PING").is_some()
-            }
-        }
+    /// Whether Redis answers PING now; `None` without Redis. Also what
+    /// brings a replica back to Redis when no request comes by.
+    pub async fn redis_answers(&self) -> Option<bool> {
+        let redis = self.redis.as_ref()?;
+        let ping = redis.ping().await;
+        Some(self.report(ping, "Redis does not answer PING").is_some())
     }
 
     /// Redis, unless it is failing and this is not the moment to probe it.
@@ -458,6 +526,7 @@ impl Cache {
             Ok(value) => {
                 let recovered = self.outage.lock().expect("outage lock").take().is_some();
                 if recovered {
+                    self.metrics.redis_up(true);
                     tracing::info!("Redis answers again; the shared cache is back in use");
                 }
                 Some(value)
@@ -475,6 +544,7 @@ impl Cache {
                     .replace(Instant::now() + OUTAGE_PROBE_INTERVAL)
                     .is_none();
                 if started {
+                    self.metrics.redis_up(false);
                     tracing::warn!(
                         %error,
                         "Redis is unavailable ({consequence}); serving from this process and the provider until it is back"
@@ -507,7 +577,7 @@ mod tests {
             refresh_window: (0.7, 0.85),
         };
         // An hour-long token: the configured minute applies.
-        let entry = policy.entry(token(3_600), 0);
+        let entry = policy.entry("p", token(3_600), 0);
         assert_eq!(entry.serve_until_ms, 3_540_000);
         assert!(
             (2_520_000..=3_060_000).contains(&entry.refresh_at_ms),
@@ -515,7 +585,7 @@ mod tests {
             entry.refresh_at_ms
         );
         // A 30-second token still caches: a tenth of its life is cut, not a minute.
-        let entry = policy.entry(token(30), 0);
+        let entry = policy.entry("p", token(30), 0);
         assert_eq!(entry.serve_until_ms, 27_000);
         assert!(entry.refresh_at_ms < entry.serve_until_ms);
     }

@@ -1,16 +1,16 @@
 //! The Redis cache, shared by every replica. Keys are hashed (see
 //! [`super::TokenKey`]); each token entry expires with Redis's own TTL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use redis::AsyncCommands;
+use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use super::redis_connection::{Connection, RedisTarget};
 use super::seal::Sealer;
-use super::{CacheError, CachedToken, TokenKey, UserKey};
+use super::{CacheError, CachedToken, KEY_VERSION, TokenKey, UserKey};
 
 /// How long a created user's id is remembered: far longer than any retry.
 const REMEMBERED_USER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -30,6 +30,18 @@ const DELETE_IF_TOKEN: &str = r#"
 local value = redis.call("GET", KEYS[1])
 if value and string.sub(value, 1, 64) == ARGV[1] then
     return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+/// Rewrites a token entry (a postponed refresh) only if it still holds the
+/// token with this fingerprint, so a token another replica invalidated or
+/// replaced meanwhile is never written back. ARGV: fingerprint, value, TTL ms.
+const REPLACE_IF_TOKEN: &str = r#"
+local value = redis.call("GET", KEYS[1])
+if value and string.sub(value, 1, 64) == ARGV[1] then
+    redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
+    return 1
 end
 return 0
 "#;
@@ -58,17 +70,21 @@ redis.call("PEXPIRE", KEYS[1], math.ceil(capacity / per_ms) + 1000)
 return wait
 "#;
 
-/// The channel replicas announce invalidated fingerprints on.
-const INVALIDATIONS: &str = "bankauth:v1:invalidations";
+/// The channel replicas announce invalidations on, as `<provider> <fingerprint>`.
+const INVALIDATIONS: &str = "bankauth:v2:invalidations";
 
 /// The shared cache on a Redis node or cluster. Every command names one key
 /// (keys of one operation would hash to different cluster slots).
 #[derive(Clone)]
 pub struct RedisStore {
     subscribers: Vec<redis::Client>,
-    connection: Connection,
+    target: Arc<RedisTarget>,
+    /// Made on first use, so a replica starts while Redis is down and
+    /// attaches once it is back; it then reconnects by itself.
+    connection: Arc<OnceCell<Connection>>,
     release_lock: redis::Script,
     delete_if_token: redis::Script,
+    replace_if_token: redis::Script,
     take_from_bucket: redis::Script,
     sealer: Arc<Sealer>,
 }
@@ -80,23 +96,37 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects once, so a wrong URL or an unreachable Redis stops startup.
-    pub async fn connect(target: &RedisTarget, sealer: Sealer) -> Result<Self, CacheError> {
+    /// A store that connects on first use; a malformed URL fails here.
+    pub fn new(target: &RedisTarget, sealer: Sealer) -> Result<Self, CacheError> {
         Ok(Self {
             subscribers: target.subscribers()?,
-            connection: target.connect().await?,
+            target: Arc::new(target.clone()),
+            connection: Arc::default(),
             release_lock: redis::Script::new(RELEASE_LOCK),
             delete_if_token: redis::Script::new(DELETE_IF_TOKEN),
+            replace_if_token: redis::Script::new(REPLACE_IF_TOKEN),
             take_from_bucket: redis::Script::new(TAKE_FROM_BUCKET),
             sealer: Arc::new(sealer),
         })
     }
 
+    /// The shared connection, made now if there is none yet.
+    async fn connection(&self) -> Result<Connection, CacheError> {
+        if let Some(connection) = self.connection.get() {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .connection
+            .get_or_try_init(|| self.target.connect())
+            .await?;
+        Ok(connection.clone())
+    }
+
     pub async fn get_token(&self, key: &TokenKey) -> Result<Option<CachedToken>, CacheError> {
         let name = key.name();
         let value: Option<Vec<u8>> = self
-            .connection
-            .clone()
+            .connection()
+            .await?
             .get(&name)
             .instrument(span("GET"))
             .await?;
@@ -120,20 +150,56 @@ impl RedisStore {
         token: &CachedToken,
         ttl: Duration,
     ) -> Result<(), CacheError> {
-        let plaintext = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
-        let fingerprint = fingerprint(&token.token.access_token);
-        let name = key.name();
-        let value = [fingerprint.as_bytes(), &self.sealer.seal(&name, &plaintext)].concat();
-        let mut connection = self.connection.clone();
+        let (name, fingerprint, value) = self.sealed(key, token)?;
+        let mut connection = self.connection().await?;
         let _: () = connection
             .pset_ex(&name, value, millis(ttl))
             .instrument(span("SET"))
             .await?;
         let _: () = connection
-            .pset_ex(index_name(&fingerprint), &name, millis(ttl))
+            .pset_ex(
+                index_name(&token.provider, &fingerprint),
+                &name,
+                millis(ttl),
+            )
             .instrument(span("SET"))
             .await?;
         Ok(())
+    }
+
+    /// Writes `token` over the entry only if the entry still holds the same
+    /// token; false when it is gone or holds another.
+    pub async fn replace_token(
+        &self,
+        key: &TokenKey,
+        token: &CachedToken,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let (name, fingerprint, value) = self.sealed(key, token)?;
+        let replaced: i64 = self
+            .replace_if_token
+            .key(name)
+            .arg(fingerprint)
+            .arg(value)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.connection().await?)
+            .instrument(span("EVALSHA"))
+            .await?;
+        Ok(replaced > 0)
+    }
+
+    /// The entry's name, the token's fingerprint, and the value to store:
+    /// the fingerprint (for compare-and-delete) then the sealed entry.
+    fn sealed(
+        &self,
+        key: &TokenKey,
+        token: &CachedToken,
+    ) -> Result<(String, String, Vec<u8>), CacheError> {
+        let plaintext = serde_json::to_vec(token).map_err(|_| CacheError::Corrupt)?;
+        let fingerprint = fingerprint(&token.token.access_token);
+        let name = key.name();
+        let value = [fingerprint.as_bytes(), &self.sealer.seal(&name, &plaintext)].concat();
+        Ok((name, fingerprint, value))
     }
 
     /// Takes the fill lock for `key` if nobody holds it (`SET NX PX`).
@@ -149,7 +215,7 @@ impl RedisStore {
             .arg("NX")
             .arg("PX")
             .arg(millis(ttl))
-            .query_async(&mut self.connection.clone())
+            .query_async(&mut self.connection().await?)
             .instrument(span("SET NX"))
             .await?;
         Ok(taken.is_some())
@@ -161,19 +227,19 @@ impl RedisStore {
             .release_lock
             .key(key.lock_name())
             .arg(owner)
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connection().await?)
             .instrument(span("EVALSHA"))
             .await?;
         Ok(())
     }
 
-    /// Deletes the entry holding the token with `fingerprint`, if it still
-    /// holds that token, and tells every replica to drop its own copy.
-    pub async fn invalidate(&self, fingerprint: &str) -> Result<bool, CacheError> {
-        let index = index_name(fingerprint);
+    /// Deletes the entry holding `provider`'s token with `fingerprint`, if
+    /// it still holds that token, and tells every replica to drop its own copy.
+    pub async fn invalidate(&self, provider: &str, fingerprint: &str) -> Result<bool, CacheError> {
+        let index = index_name(provider, fingerprint);
         let key: Option<String> = self
-            .connection
-            .clone()
+            .connection()
+            .await?
             .get(&index)
             .instrument(span("GET"))
             .await?;
@@ -183,13 +249,13 @@ impl RedisStore {
                     .delete_if_token
                     .key(key)
                     .arg(fingerprint)
-                    .invoke_async(&mut self.connection.clone())
+                    .invoke_async(&mut self.connection().await?)
                     .instrument(span("EVALSHA"))
                     .await?;
                 // The index entry is stale either way: its token is gone or replaced.
                 let _: i64 = self
-                    .connection
-                    .clone()
+                    .connection()
+                    .await?
                     .del(&index)
                     .instrument(span("DEL"))
                     .await?;
@@ -198,18 +264,18 @@ impl RedisStore {
             None => false,
         };
         let _: i64 = self
-            .connection
-            .clone()
-            .publish(INVALIDATIONS, fingerprint)
+            .connection()
+            .await?
+            .publish(INVALIDATIONS, format!("{provider} {fingerprint}"))
             .instrument(span("PUBLISH"))
             .await?;
         Ok(deleted)
     }
 
-    /// Calls `drop_local` with every fingerprint any replica invalidates,
-    /// reconnecting (to the next cluster seed) after an outage; runs until
-    /// the task is dropped.
-    pub async fn follow_invalidations(&self, drop_local: impl Fn(&str)) {
+    /// Calls `drop_local` with the provider and fingerprint of every token
+    /// any replica invalidates, reconnecting (to the next cluster seed)
+    /// after an outage; runs until the task is dropped.
+    pub async fn follow_invalidations(&self, drop_local: impl Fn(&str, &str)) {
         for client in self.subscribers.iter().cycle() {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
@@ -217,8 +283,9 @@ impl RedisStore {
                         let mut messages = pubsub.on_message();
                         while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await
                         {
-                            if let Ok(fingerprint) = message.get_payload::<String>() {
-                                drop_local(&fingerprint);
+                            let payload = message.get_payload::<String>().unwrap_or_default();
+                            if let Some((provider, fingerprint)) = payload.split_once(' ') {
+                                drop_local(provider, fingerprint);
                             }
                         }
                     }
@@ -229,20 +296,27 @@ impl RedisStore {
         }
     }
 
+    /// The remembered id, unsealed; a value that does not open is a miss.
     pub async fn remembered_user(&self, key: &UserKey) -> Result<Option<String>, CacheError> {
-        Ok(self
-            .connection
-            .clone()
+        let value: Option<Vec<u8>> = self
+            .connection()
+            .await?
             .get(key.as_str())
             .instrument(span("GET"))
-            .await?)
+            .await?;
+        Ok(value
+            .and_then(|sealed| self.sealer.open(key.as_str(), &sealed))
+            .and_then(|plaintext| String::from_utf8(plaintext).ok()))
     }
 
+    /// Remembers a created user's id, sealed like tokens: a Redis dump does
+    /// not link external ids to the provider's users.
     pub async fn remember_user(&self, key: &UserKey, user_id: &str) -> Result<(), CacheError> {
+        let sealed = self.sealer.seal(key.as_str(), user_id.as_bytes());
         let _: () = self
-            .connection
-            .clone()
-            .set_ex(key.as_str(), user_id, REMEMBERED_USER_TTL.as_secs())
+            .connection()
+            .await?
+            .set_ex(key.as_str(), sealed, REMEMBERED_USER_TTL.as_secs())
             .instrument(span("SET"))
             .await?;
         Ok(())
@@ -250,8 +324,8 @@ impl RedisStore {
 
     pub async fn forget_user(&self, key: &UserKey) -> Result<(), CacheError> {
         let _: () = self
-            .connection
-            .clone()
+            .connection()
+            .await?
             .del(key.as_str())
             .instrument(span("DEL"))
             .await?;
@@ -271,7 +345,7 @@ impl RedisStore {
             .key(name)
             .arg(capacity)
             .arg(per_ms)
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connection().await?)
             .instrument(span("EVALSHA"))
             .await?;
         Ok(Duration::from_millis(wait_ms))
@@ -279,7 +353,7 @@ impl RedisStore {
 
     pub async fn ping(&self) -> Result<(), CacheError> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.connection.clone())
+            .query_async(&mut self.connection().await?)
             .instrument(span("PING"))
             .await?;
         Ok(())
@@ -294,8 +368,9 @@ pub fn fingerprint(access_token: &str) -> String {
 
 const FINGERPRINT_LEN: usize = 64;
 
-fn index_name(fingerprint: &str) -> String {
-    format!("bankauth:v1:fingerprint:{fingerprint}")
+/// Where the entry holding `provider`'s token with `fingerprint` is named.
+fn index_name(provider: &str, fingerprint: &str) -> String {
+    format!("bankauth:{KEY_VERSION}:fingerprint:{provider}:{fingerprint}")
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -61,7 +61,9 @@ impl Upstream {
         Attempt: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        let deadline = deadline::current_or(self.default_deadline);
+        // Read afresh at each decision: callers joining a shared fetch extend it.
+        let fallback = Instant::now() + self.default_deadline;
+        let deadline = || deadline::current().unwrap_or(fallback);
         let mut number = 0;
         loop {
             number += 1;
@@ -70,7 +72,7 @@ impl Upstream {
             })?;
             let mut probe = ProbeGuard((admission == Admission::Probe).then_some(&*self.breaker));
             if let Some(budget) = &self.budget {
-                budget.acquire(deadline).await.inspect_err(|_| {
+                budget.acquire(deadline()).await.inspect_err(|_| {
                     self.metrics
                         .upstream_guard(&self.provider, "budget_exhausted");
                 })?;
@@ -89,7 +91,7 @@ impl Upstream {
             let Some(pause) = self.retry.pause_after(number, &error, replay) else {
                 return Err(error);
             };
-            if Instant::now() + pause >= deadline {
+            if Instant::now() + pause >= deadline() {
                 return Err(error);
             }
             self.metrics.upstream_guard(&self.provider, "retry");

@@ -12,6 +12,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -65,6 +66,7 @@ pub struct Metrics {
     upstream: Family<UpstreamLabels, Counter>,
     upstream_seconds: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     redis_errors: Counter,
+    redis_up: Gauge,
     tokens_issued: Family<ProviderLabels, Counter>,
     coalesced: Family<ProviderLabels, Counter>,
     guards: Family<GuardLabels, Counter>,
@@ -86,6 +88,7 @@ impl Default for Metrics {
             upstream: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
             redis_errors: Counter::default(),
+            redis_up: Gauge::default(),
             tokens_issued: Family::default(),
             coalesced: Family::default(),
             guards: Family::default(),
@@ -120,6 +123,11 @@ impl Default for Metrics {
             "redis_errors",
             "Redis commands that failed",
             metrics.redis_errors.clone(),
+        );
+        registry.register(
+            "redis_up",
+            "1 while Redis answers; 0 during an outage, or when no Redis is configured",
+            metrics.redis_up.clone(),
         );
         registry.register(
             "tokens_issued",
@@ -182,6 +190,10 @@ impl Metrics {
 
     pub fn redis_error(&self) {
         self.redis_errors.inc();
+    }
+
+    pub fn redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
     }
 
     pub fn token_issued(&self, provider: &str) {

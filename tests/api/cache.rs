@@ -43,31 +43,97 @@ async fn redis_key_names_reveal_no_user_id_or_scope() {
     let user = app.create_user("customer-1").await;
     app.data_token(&user, &["accounts:read"]).await.unwrap();
 
-    let keys: Vec<String> = redis.client().get_connection().unwrap().keys("*").unwrap();
+    let mut connection = redis.client().get_connection().unwrap();
+    let keys: Vec<String> = connection.keys("*").unwrap();
     assert!(
-        keys.len() >= 3,
+        keys.iter().any(|key| key.contains(":user:")) && keys.len() >= 3,
         "expected token and user entries, got {keys:?}"
     );
     for key in keys {
-        assert!(key.starts_with("bankauth:v1:"), "{key}");
+        assert!(key.starts_with("bankauth:"), "{key}");
+        // Values too: a dump yields no user id (tokens and ids are sealed).
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
+        let value: Vec<u8> = match kind.as_str() {
+            "string" => connection.get(&key).unwrap(),
+            _ => Vec::new(),
+        };
+        let value = String::from_utf8_lossy(&value);
         for private in [user.as_str(), "customer-1", "accounts", "scim_user"] {
             assert!(!key.contains(private), "{key} reveals {private}");
+            assert!(
+                !value.contains(private),
+                "the value of {key} reveals {private}"
+            );
         }
     }
 }
 
 #[tokio::test]
-async fn an_unreachable_redis_stops_startup_with_a_clear_error() {
+async fn an_unreachable_redis_stops_startup_only_when_required() {
     let upstream = start_upstream().await;
     let mut config = upstream.config("127.0.0.1:0".parse().unwrap());
     config.cache.redis_url = Some(format!("redis://127.0.0.1:{}/", free_port()).into());
     config.cache.encryption_keys = vec![crate::helpers::encryption_key("k1")];
+    config.cache.redis_timeout_ms = 200;
+    assert!(
+        Application::build(config.clone()).await.is_ok(),
+        "by default a replica starts during a Redis outage"
+    );
+    config.cache.require_redis_at_startup = true;
     let error = match Application::build(config).await {
         Err(error) => error,
         Ok(_) => panic!("startup succeeded without Redis"),
     };
     assert!(matches!(error, StartupError::Redis { .. }));
     assert!(error.to_string().contains("cache.redis_url"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_during_a_redis_outage_serves_then_attaches_to_redis() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        crate::helpers::use_redis(c, &redis);
+        c.cache.redis_timeout_ms = 200;
+    })
+    .await;
+    let users = app.sandbox().seed_users(2);
+    // Served from the provider and this replica's own tier meanwhile.
+    let token = app.widget_token(&users[0]).await.unwrap();
+    assert_eq!(app.widget_token(&users[0]).await.unwrap(), token);
+
+    redis.restart();
+    // Once Redis answers (the replica probes it at most once a second),
+    // new tokens land there for the other replicas.
+    let key = crate::helpers::widget_key(app.sandbox(), &users[1]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        app.widget_token(&users[1]).await.unwrap();
+        let stored: bool = redis
+            .client()
+            .get_connection()
+            .unwrap()
+            .exists(key.name())
+            .unwrap();
+        if stored {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never attached to Redis"
+        );
+        // A token cached in process is not written again: drop it.
+        app.client
+            .issue_widget_token(bankauth::proto::v1::IssueWidgetTokenRequest {
+                provider: String::new(),
+                user_id: users[1].clone(),
+                force_refresh: true,
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
@@ -212,4 +278,167 @@ async fn a_provider_name_pointed_at_another_token_endpoint_does_not_reuse_its_to
     let production_token = after.data_token("", &["scim_user:read"]).await.unwrap();
     assert_ne!(production_token, sandbox_token);
     assert_eq!(after.sandbox().token_requests(), 1);
+}
+
+/// A cache on `redis` as a replica builds it, with the key the replicas share.
+async fn replica_cache(redis: &RedisServer, memory_ttl_secs: u64) -> bankauth::cache::Cache {
+    use bankauth::cache::{Cache, RedisTarget, Tiers, Topology};
+    let target = RedisTarget {
+        topology: Topology::SingleNode(redis.url()),
+        ca_pem: None,
+        timeout: std::time::Duration::from_secs(1),
+    };
+    let tiers = Tiers {
+        max_entries: 100,
+        memory_ttl: std::time::Duration::from_secs(memory_ttl_secs),
+    };
+    Cache::connect(
+        Some(&target),
+        true,
+        redis.sealer(),
+        tiers,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn cached(provider: &str, access_token: &str) -> bankauth::cache::CachedToken {
+    bankauth::cache::CachedToken {
+        provider: provider.into(),
+        token: bankauth::domain::AccessToken {
+            access_token: access_token.into(),
+            token_type: "Bearer".into(),
+            expires_at: now_ms() / 1000 + 3600,
+            scopes: vec!["widget_authentication".into()],
+        },
+        refresh_at_ms: now_ms(),
+        serve_until_ms: now_ms() + 3_000_000,
+    }
+}
+
+fn some_key(n: u8) -> bankauth::cache::TokenKey {
+    let source = bankauth::cache::TokenSource {
+        provider: "sandbox",
+        token_url: "http://127.0.0.1/token",
+        client_id: "client",
+        client_auth: "private_key_jwt",
+    };
+    let user = bankauth::domain::UserId::parse("user_id", &format!("user-{n}")).unwrap();
+    bankauth::cache::TokenKey::new(
+        &source,
+        Some(&user),
+        &bankauth::domain::ScopeSet::single("widget_authentication"),
+    )
+}
+
+#[tokio::test]
+async fn a_failed_refresh_never_writes_back_a_token_another_replica_dropped_or_replaced() {
+    let redis = RedisServer::start();
+    let a = replica_cache(&redis, 60).await;
+    let b = replica_cache(&redis, 60).await;
+    let delay = std::time::Duration::from_secs(5);
+
+    // Invalidated by replica B while A holds a copy: A's failed refresh
+    // does not bring it back.
+    let key = some_key(1);
+    a.put_token(&key, &cached("sandbox", "revoked"), now_ms())
+        .await;
+    assert!(b.invalidate("sandbox", &sha256_hex("revoked")).await);
+    a.postpone_refresh(&key, now_ms(), delay).await;
+    assert_eq!(b.get_token(&key, now_ms()).await, None);
+
+    // Replaced by replica B: A's postponement leaves B's newer token.
+    let key = some_key(2);
+    a.put_token(&key, &cached("sandbox", "older"), now_ms())
+        .await;
+    b.put_token(&key, &cached("sandbox", "newer"), now_ms())
+        .await;
+    a.postpone_refresh(&key, now_ms(), delay).await;
+    let fresh = replica_cache(&redis, 60).await;
+    let kept = fresh.get_token(&key, now_ms()).await.unwrap();
+    assert_eq!(kept.token.access_token, "newer");
+
+    // Still the same token: the refresh is postponed in Redis too.
+    let key = some_key(3);
+    let now = now_ms();
+    a.put_token(&key, &cached("sandbox", "same"), now).await;
+    a.postpone_refresh(&key, now, delay).await;
+    let postponed = fresh.get_token(&key, now_ms()).await.unwrap();
+    assert_eq!(postponed.token.access_token, "same");
+    assert!(!postponed.needs_refresh(now_ms()), "refresh_at moved later");
+}
+
+#[tokio::test]
+async fn a_token_filled_by_another_replica_is_kept_in_process_no_longer_than_memory_ttl() {
+    let redis = RedisServer::start();
+    let holder = replica_cache(&redis, 0).await;
+    let waiter = replica_cache(&redis, 0).await;
+    let key = some_key(4);
+    let lock_ttl = std::time::Duration::from_secs(10);
+    let bankauth::cache::Fill::Proceed(Some(lock)) =
+        holder.coordinate_fill(&key, lock_ttl, now_ms).await
+    else {
+        panic!("the first replica takes the lock");
+    };
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.coordinate_fill(&key, lock_ttl, now_ms).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    holder
+        .put_token(&key, &cached_fresh("filled"), now_ms())
+        .await;
+    holder.release(lock).await;
+    let bankauth::cache::Fill::FilledByOther(token) = waiting.await.unwrap() else {
+        panic!("the waiter uses the holder's token");
+    };
+    assert_eq!(token.token.access_token, "filled");
+
+    // With memory_ttl_secs = 0 the waiter keeps no copy of its own: once
+    // the Redis entry is gone, it does not serve the token.
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut redis.client().get_connection().unwrap())
+        .unwrap();
+    assert_eq!(waiter.get_token(&key, now_ms()).await, None);
+}
+
+#[tokio::test]
+async fn a_replica_that_takes_the_lock_after_another_filled_uses_that_token() {
+    let redis = RedisServer::start();
+    let first = replica_cache(&redis, 60).await;
+    let late = replica_cache(&redis, 60).await;
+    let key = some_key(5);
+    let lock_ttl = std::time::Duration::from_secs(10);
+    // The late replica saw a miss before this fill finished…
+    assert_eq!(late.get_token(&key, now_ms()).await, None);
+    let bankauth::cache::Fill::Proceed(Some(lock)) =
+        first.coordinate_fill(&key, lock_ttl, now_ms).await
+    else {
+        panic!("the first replica takes the lock");
+    };
+    first.put_token(&key, &cached_fresh("only"), now_ms()).await;
+    first.release(lock).await;
+    // …and takes the lock after it was released: it must not fetch again.
+    match late.coordinate_fill(&key, lock_ttl, now_ms).await {
+        bankauth::cache::Fill::FilledByOther(token) => {
+            assert_eq!(token.token.access_token, "only")
+        }
+        bankauth::cache::Fill::Proceed(_) => panic!("a second fetch for a filled key"),
+    }
+}
+
+/// A cached token not due for refresh for a long while.
+fn cached_fresh(access_token: &str) -> bankauth::cache::CachedToken {
+    bankauth::cache::CachedToken {
+        refresh_at_ms: now_ms() + 2_000_000,
+        ..cached("sandbox", access_token)
+    }
 }

@@ -248,6 +248,18 @@ impl RedisServer {
         SecretString::from(format!("redis://127.0.0.1:{}/", self.port))
     }
 
+    /// The sealer of the replicas using this Redis (see [`use_redis`]).
+    pub fn sealer(&self) -> bankauth::cache::seal::Sealer {
+        use secrecy::ExposeSecret;
+        let encoded = self.key.key.as_ref().expect("an in-memory key");
+        let bytes = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            encoded.expose_secret(),
+        )
+        .unwrap();
+        bankauth::cache::seal::Sealer::new(vec![(self.key.id.clone(), bytes)]).unwrap()
+    }
+
     pub fn client(&self) -> redis::Client {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).expect("a valid URL")
     }

@@ -91,40 +91,58 @@ async fn health_status(addr: std::net::SocketAddr, service: &str) -> ServingStat
         .status()
 }
 
+/// Readiness (`""` and AuthService) and liveness, which must all be SERVING.
+async fn assert_ready(addr: std::net::SocketAddr) {
+    for service in ["", "bankauth.v1.AuthService", "liveness"] {
+        assert_eq!(
+            health_status(addr, service).await,
+            ServingStatus::Serving,
+            "health of {service:?}"
+        );
+    }
+}
+
+/// Waits (bounded) until the `redis` health status is `wanted`, checking
+/// all along that readiness never leaves SERVING.
+async fn wait_for_redis_status(addr: std::net::SocketAddr, wanted: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while health_status(addr, "redis").await != wanted {
+        assert_ready(addr).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the redis status never became {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
-async fn readiness_follows_redis_while_liveness_and_cached_serving_do_not() {
+async fn a_redis_outage_shows_in_the_redis_status_while_readiness_stays_serving() {
     let mut redis = RedisServer::start();
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, |c| {
         crate::helpers::use_redis(c, &redis);
+        c.cache.redis_timeout_ms = 300;
         with_metrics(c);
     })
     .await;
     let user = app.create_user("customer-1").await;
-    assert_eq!(health_status(app.addr, "").await, ServingStatus::Serving);
+    assert_ready(app.addr).await;
+    wait_for_redis_status(app.addr, ServingStatus::Serving).await;
+    assert_eq!(sample(&app.scrape().await, "bankauth_redis_up", &[]), 1.0);
 
     redis.kill();
-    // Readiness re-checks every few seconds; wait for it, bounded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while health_status(app.addr, "").await != ServingStatus::NotServing {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness never noticed Redis was gone"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        health_status(app.addr, "bankauth.v1.AuthService").await,
-        ServingStatus::NotServing
-    );
-    assert_eq!(
-        health_status(app.addr, "liveness").await,
-        ServingStatus::Serving
-    );
-
+    wait_for_redis_status(app.addr, ServingStatus::NotServing).await;
+    assert_ready(app.addr).await;
+    assert_eq!(sample(&app.scrape().await, "bankauth_redis_up", &[]), 0.0);
     // Callers are still served, from the provider, and the errors are counted.
     app.widget_token(&user).await.unwrap();
     assert!(sample(&app.scrape().await, "bankauth_redis_errors_total", &[]) >= 1.0);
+
+    redis.restart();
+    wait_for_redis_status(app.addr, ServingStatus::Serving).await;
+    assert_ready(app.addr).await;
+    assert_eq!(sample(&app.scrape().await, "bankauth_redis_up", &[]), 1.0);
 }
 
 #[tokio::test]

@@ -437,11 +437,55 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
         .unwrap();
     let mut connection = redis.client().get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("bankauth:v1:token:*")
+        .arg("bankauth:v2:token:*")
         .query(&mut connection)
         .unwrap();
     assert!(
         !keys.is_empty(),
         "no token was written to the restarted Redis"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_fetch_keeps_retrying_for_callers_that_joined_with_longer_deadlines() {
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        // The first attempt times out after the first caller has given up.
+        sandbox_provider(c).request_timeout_ms = 150;
+    })
+    .await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    let before = app.sandbox().token_requests();
+    app.sandbox()
+        .fail_next(Endpoint::Token, Fault::Stall(Duration::from_secs(2)));
+    let mut impatient = app.client.clone();
+    let first = {
+        let user = user.clone();
+        tokio::spawn(async move {
+            impatient
+                .issue_widget_token(widget_within(&user, Duration::from_millis(100)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let joiners = (0..10).map(|_| {
+        let mut client = app.client.clone();
+        let user = user.clone();
+        async move {
+            client
+                .issue_widget_token(widget_within(&user, Duration::from_secs(10)))
+                .await
+        }
+    });
+    let joined = futures::future::join_all(joiners).await;
+    assert!(first.await.unwrap().is_err(), "the first caller gave up");
+    for result in &joined {
+        assert!(result.is_ok(), "a patient caller failed: {result:?}");
+    }
+    assert_eq!(
+        app.sandbox().token_requests(),
+        before + 2,
+        "one timed-out attempt and one retry, shared by every caller"
+    );
+    assert!(app.widget_token(&user).await.is_ok());
 }

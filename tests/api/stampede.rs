@@ -89,6 +89,42 @@ async fn two_replicas_sharing_redis_make_one_upstream_call() {
     assert!(from_a.iter().chain(&from_b).all(|t| t == &from_a[0]));
 }
 
+/// `replicas` bankauth processes on one Redis, `rounds` times a new user
+/// asked for a widget token by 400 concurrent callers spread over them:
+/// every round, one provider call and one token for everyone.
+async fn replicas_fill_each_key_once(replicas: usize, rounds: usize) {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut apps = Vec::new();
+    for _ in 0..replicas {
+        apps.push(spawn_app_with(upstream.clone(), |c| crate::helpers::use_redis(c, &redis)).await);
+    }
+    let users = apps[0].sandbox().seed_users(rounds);
+    for (round, user) in users.iter().enumerate() {
+        let before = apps[0].sandbox().token_requests();
+        let bursts = apps
+            .iter()
+            .map(|app| widget_burst(app, user, 400 / replicas));
+        let tokens: Vec<_> = join_all(bursts).await.into_iter().flatten().collect();
+        assert_eq!(
+            apps[0].sandbox().token_requests(),
+            before + 1,
+            "round {round}: {replicas} replicas made more than one provider call"
+        );
+        assert!(tokens.iter().all(|t| t == &tokens[0]), "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_make_exactly_one_provider_call_per_key_round_after_round() {
+    replicas_fill_each_key_once(2, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_make_exactly_one_provider_call_per_key_round_after_round() {
+    replicas_fill_each_key_once(3, 20).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_requests_never_get_another_users_or_scopes_token() {
     let mut app = spawn_app().await;
@@ -302,6 +338,56 @@ async fn an_invalidated_token_is_refetched_by_every_replica_but_a_stale_one_evic
     assert_eq!(a.widget_token(&user).await.unwrap(), fresh);
     assert_eq!(b.widget_token(&user).await.unwrap(), fresh);
     assert_eq!(a.sandbox().token_requests(), calls);
+}
+
+#[tokio::test]
+async fn invalidation_drops_only_the_named_providers_token() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let app = spawn_app_with(upstream, |c| {
+        crate::helpers::use_redis(c, &redis);
+        let sandbox = c.providers["sandbox"].clone();
+        c.providers.insert("other".into(), sandbox);
+    })
+    .await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    let mut client = app.client.clone();
+    let widget = |provider: &str| {
+        let request = pb::IssueWidgetTokenRequest {
+            provider: provider.into(),
+            user_id: user.clone(),
+            force_refresh: false,
+        };
+        let mut client = app.client.clone();
+        async move {
+            let response = client.issue_widget_token(request).await.unwrap();
+            response.into_inner().token.unwrap()
+        }
+    };
+    let token = widget("sandbox").await;
+    let calls = app.sandbox().token_requests();
+    // Rights over "other" do not reach "sandbox"'s token, even by its hash.
+    for (access_token, access_token_sha256) in [
+        (token.access_token.clone(), String::new()),
+        (
+            String::new(),
+            crate::helpers::sha256_hex(&token.access_token),
+        ),
+    ] {
+        let invalidated = client
+            .invalidate_token(pb::InvalidateTokenRequest {
+                provider: "other".into(),
+                access_token,
+                access_token_sha256,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .invalidated;
+        assert!(!invalidated, "another provider's token was dropped");
+    }
+    assert_eq!(widget("sandbox").await, token);
+    assert_eq!(app.sandbox().token_requests(), calls);
 }
 
 #[tokio::test]
