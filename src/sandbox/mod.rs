@@ -228,7 +228,7 @@ impl Sandbox {
             .route("/oidc/token", post(oidc::token))
             .route("/oidc/auth", get(oidc::authorize))
             .route("/moneykit/auth/token", post(moneykit::token))
-            .route("/scim/users", post(scim::create_user))
+            .route("/scim/users", post(scim::create_user).get(scim::list_users))
             .route("/scim/users/{id}", get(scim::get_user))
             .with_state(state.clone());
         let server = tokio::spawn(async move {
