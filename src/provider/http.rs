@@ -252,6 +252,15 @@ impl Answer {
         }
     }
 
+    /// A well-formed answer that does not serve the request as asked: the
+    /// request is at fault, not the provider ([`ProviderError::Misdirected`]).
+    pub fn misdirected(&self, endpoint: &str, what: &str) -> ProviderError {
+        ProviderError::Misdirected {
+            reason: format!("the {endpoint} answered HTTP {} {what}", self.status),
+            status: Some(self.status),
+        }
+    }
+
     /// The fallback for an answer no protocol rule explains.
     pub fn unexpected(&self) -> ProviderError {
         ProviderError::Unavailable {

@@ -74,6 +74,7 @@ fn retryable(error: &ProviderError, replay: Replay) -> bool {
                 && matches!(error.as_str(), "temporarily_unavailable" | "server_error")
         }
         ProviderError::Scim { .. }
+        | ProviderError::Misdirected { .. }
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => false,
     }
@@ -89,6 +90,7 @@ fn is_provider_failure(error: &ProviderError) -> bool {
         }
         ProviderError::Scim { status, .. } => *status >= 500,
         ProviderError::RateLimited { .. }
+        | ProviderError::Misdirected { .. }
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => false,
     }
@@ -245,9 +247,14 @@ mod tests {
             retry_after: None,
             code: None,
         };
+        let misdirected = ProviderError::Misdirected {
+            reason: "a list, not a user".into(),
+            status: Some(200),
+        };
         for _ in 0..10 {
             breaker.record(breaker.admit().unwrap(), Err(&refused));
             breaker.record(breaker.admit().unwrap(), Err(&limited));
+            breaker.record(breaker.admit().unwrap(), Err(&misdirected));
         }
         assert_eq!(breaker.admit().unwrap(), Admission::Closed);
     }
@@ -313,6 +320,11 @@ mod tests {
             "attempts are capped"
         );
         assert_eq!(policy.pause_after(1, &refused, Replay::Safe), None);
+        let misdirected = ProviderError::Misdirected {
+            reason: "HTTP 404".into(),
+            status: Some(404),
+        };
+        assert_eq!(policy.pause_after(1, &misdirected, Replay::Safe), None);
         assert_eq!(
             policy.pause_after(1, &timeout, Replay::OnlyUnprocessed),
             None
