@@ -29,6 +29,7 @@ pub struct Upstream {
     pub provider: String,
     pub metrics: Arc<Metrics>,
     pub retry: RetryPolicy,
+    /// The identity endpoints' breaker, or SCIM's own.
     pub breaker: Arc<Breaker>,
     /// Present when the provider publishes a rate limit.
     pub budget: Option<Arc<RequestBudget>>,
@@ -80,7 +81,7 @@ impl Upstream {
             if self.breaker.record(admission, result.as_ref().map(|_| ())) {
                 self.metrics
                     .upstream_guard(&self.provider, "circuit_opened");
-                tracing::warn!(provider = %self.provider, "provider failing repeatedly; the circuit breaker is open");
+                tracing::warn!(provider = %self.provider, breaker = self.breaker.name, "provider failing repeatedly; the circuit breaker is open");
             }
             let error = match result {
                 Ok(value) => return Ok(value),

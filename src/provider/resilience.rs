@@ -117,11 +117,15 @@ enum State {
     Probing,
 }
 
-/// A per-provider circuit breaker: after `failure_threshold` consecutive
-/// failures, requests fail at once (UNAVAILABLE) for `open_for`; then one
-/// probe goes through, and its outcome closes or reopens the breaker.
+/// A circuit breaker for one provider's identity endpoints (token,
+/// discovery, JWKS) or its SCIM endpoint: after `failure_threshold`
+/// consecutive failures, requests fail at once (UNAVAILABLE) for
+/// `open_for`; then one probe goes through, and its outcome closes or
+/// reopens the breaker.
 #[derive(Debug)]
 pub struct Breaker {
+    /// Which endpoints it guards (`identity`, `scim`), for logs.
+    pub name: &'static str,
     policy: BreakerPolicy,
     state: Mutex<State>,
 }
@@ -135,8 +139,9 @@ pub enum Admission {
 }
 
 impl Breaker {
-    pub fn new(policy: BreakerPolicy) -> Self {
+    pub fn new(name: &'static str, policy: BreakerPolicy) -> Self {
         Self {
+            name,
             policy,
             state: Mutex::new(State::Closed { failures: 0 }),
         }
@@ -211,10 +216,13 @@ mod tests {
     }
 
     fn breaker(open_for: Duration) -> Breaker {
-        Breaker::new(BreakerPolicy {
-            failure_threshold: 3,
-            open_for,
-        })
+        Breaker::new(
+            "identity",
+            BreakerPolicy {
+                failure_threshold: 3,
+                open_for,
+            },
+        )
     }
 
     #[test]

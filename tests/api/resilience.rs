@@ -165,6 +165,36 @@ async fn a_scim_answer_that_is_not_the_user_asked_for_is_final_and_not_a_provide
     assert_eq!(fetched.into_inner().user.unwrap().id, user);
 }
 
+/// SCIM and the token endpoint have separate breakers: users cannot be
+/// managed while SCIM is down, but tokens are still issued.
+#[tokio::test]
+async fn a_failing_scim_endpoint_does_not_stop_token_issuance() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        let provider = sandbox_provider(c);
+        provider.retry_max_attempts = 1;
+        provider.breaker_failure_threshold = 2;
+    })
+    .await;
+    let users = app.sandbox().seed_users(2);
+    let get = pb::GetUserRequest {
+        provider: String::new(),
+        user_id: users[0].clone(),
+    };
+    app.client.get_user(get.clone()).await.unwrap();
+    for _ in 0..10 {
+        app.sandbox().fail_next(Endpoint::Scim, Fault::Status(500));
+    }
+    for reason in [
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_CIRCUIT_OPEN",
+    ] {
+        let status = app.client.get_user(get.clone()).await.unwrap_err();
+        assert_eq!(error_info(&status).reason, reason);
+    }
+    app.widget_token(&users[1]).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_429_is_retried_once_its_retry_after_has_passed() {
     let mut app = spawn_app().await;
