@@ -106,7 +106,7 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     /// Requests without credentials are served with every permission. For
-    /// development only (the demo sets it).
+    /// development only (the demo sets it); refused beside `callers`.
     pub allow_anonymous: bool,
     /// Callers by name (the name appears in logs and errors).
     pub callers: BTreeMap<String, CallerConfig>,
@@ -720,6 +720,13 @@ impl Config {
                 "configure at least one caller (or, for development only, set access.allow_anonymous = true)",
             ));
         }
+        // Anonymous requests get every right, so beside a policy they would void it.
+        if self.access.allow_anonymous && !self.access.callers.is_empty() {
+            return Err(ConfigError::invalid(
+                "access.allow_anonymous",
+                "must not be set beside access.callers: anonymous requests would get every right the callers' policies withhold",
+            ));
+        }
         for (name, caller) in &self.access.callers {
             let key = |field: &str| format!("access.callers.{name}.{field}");
             let is_hash = |h: &String| {
@@ -1136,6 +1143,20 @@ mod tests {
             let error = Config::from_toml(&toml).unwrap_err().to_string();
             assert!(error.contains(key), "{error:?} does not name {key}");
         }
+    }
+
+    #[test]
+    fn anonymous_access_beside_callers_is_refused() {
+        let both = format!("[access]\nallow_anonymous = true\n{MINIMAL}");
+        let error = Config::from_toml(&both).unwrap_err().to_string();
+        assert!(error.contains("access.allow_anonymous"), "{error}");
+
+        // Without callers, it stays the development switch it is.
+        let (head, rest) = MINIMAL.split_once("[access.callers.app]").unwrap();
+        let (_, providers) = rest.split_once("[providers.moneyhub]").unwrap();
+        let alone =
+            format!("{head}[access]\nallow_anonymous = true\n[providers.moneyhub]{providers}");
+        assert!(Config::from_toml(&alone).unwrap().access.allow_anonymous);
     }
 
     #[test]

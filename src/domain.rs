@@ -36,7 +36,9 @@ const MAX_SCOPES: usize = 32;
 const MAX_SCOPE_LEN: usize = 128;
 
 /// The provider's id for a user. It travels into a URL path and a token's
-/// `sub`, so only URL-safe characters are allowed.
+/// `sub`, so it must be one URL path segment: URL-safe characters, and not
+/// `.` or `..`, which a URL resolves away (GetUser would read the SCIM
+/// collection instead of a user).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(String);
 
@@ -56,6 +58,12 @@ impl UserId {
             return Err(ValidationError::new(
                 field,
                 "may contain only letters, digits, '-', '_', '.' and '~'",
+            ));
+        }
+        if value == "." || value == ".." {
+            return Err(ValidationError::new(
+                field,
+                "must be one URL path segment, not \".\" or \"..\"",
             ));
         }
         Ok(Self(value.to_owned()))
@@ -438,7 +446,8 @@ mod tests {
     #[test]
     fn user_ids_are_url_safe_and_bounded() {
         assert!(UserId::parse("user_id", "66b317a3b9e65500465bed71").is_ok());
-        for bad in ["", "../admin", "a/b", "a b", "a?b=c"] {
+        assert!(UserId::parse("user_id", "...").is_ok(), "not a dot segment");
+        for bad in ["", "../admin", "a/b", "a b", "a?b=c", ".", ".."] {
             assert!(UserId::parse("user_id", bad).is_err(), "{bad:?} accepted");
         }
         assert!(UserId::parse("user_id", &"a".repeat(129)).is_err());

@@ -120,6 +120,7 @@ fn classify(error: &ProviderError) -> (Code, &'static str) {
             400 => (Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST"),
             _ => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
         },
+        ProviderError::Misdirected { .. } => (Code::FailedPrecondition, "UPSTREAM_MISDIRECTED"),
         ProviderError::RateLimited { .. } => (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
         ProviderError::Unavailable { .. } | ProviderError::Unreachable { .. } => {
             (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
@@ -144,7 +145,9 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
         ProviderError::RateLimited { code, .. } => {
             Some(code.clone().unwrap_or_else(|| "http_429".to_owned()))
         }
-        ProviderError::Unavailable { status, .. } => status.map(|s| format!("http_{s}")),
+        ProviderError::Unavailable { status, .. } | ProviderError::Misdirected { status, .. } => {
+            status.map(|s| format!("http_{s}"))
+        }
         ProviderError::Unreachable { .. }
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => None,

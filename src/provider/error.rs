@@ -36,6 +36,18 @@ pub enum ProviderError {
         /// The HTTP status, when the provider answered at all.
         status: Option<u16>,
     },
+    /// The request itself is at fault, and asking again would not change
+    /// that: the provider answered a 4xx without an error code, or a 2xx
+    /// holding something other than what was asked for (a SCIM list,
+    /// another user); or the request would not address one resource
+    /// (`status: None`, nothing sent). Never retried, and not a provider
+    /// failure, so no caller can open the circuit breaker with it.
+    #[error("the request was not served as asked: {reason}")]
+    Misdirected {
+        reason: String,
+        /// The HTTP status, when the provider answered at all.
+        status: Option<u16>,
+    },
     /// The provider has been failing, so bankauth is not calling it for now.
     #[error("the provider is failing; not calling it for {}s", .retry_after.as_secs_f64().ceil())]
     CircuitOpen { retry_after: Duration },

@@ -29,6 +29,7 @@ pub struct Upstream {
     pub provider: String,
     pub metrics: Arc<Metrics>,
     pub retry: RetryPolicy,
+    /// The identity endpoints' breaker, or SCIM's own.
     pub breaker: Arc<Breaker>,
     /// Present when the provider publishes a rate limit.
     pub budget: Option<Arc<RequestBudget>>,
@@ -82,7 +83,7 @@ impl Upstream {
             if self.breaker.record(admission, result.as_ref().map(|_| ())) {
                 self.metrics
                     .upstream_guard(&self.provider, "circuit_opened");
-                tracing::warn!(provider = %self.provider, "provider failing repeatedly; the circuit breaker is open");
+                tracing::warn!(provider = %self.provider, breaker = self.breaker.name, "provider failing repeatedly; the circuit breaker is open");
             }
             let error = match result {
                 Ok(value) => return Ok(value),
@@ -251,6 +252,15 @@ impl Answer {
                 .get(RETRY_AFTER)
                 .and_then(|value| value.to_str().ok())
                 .and_then(parse_retry_after),
+        }
+    }
+
+    /// A well-formed answer that does not serve the request as asked: the
+    /// request is at fault, not the provider ([`ProviderError::Misdirected`]).
+    pub fn misdirected(&self, endpoint: &str, what: &str) -> ProviderError {
+        ProviderError::Misdirected {
+            reason: format!("the {endpoint} answered HTTP {} {what}", self.status),
+            status: Some(self.status),
         }
     }
 

@@ -103,6 +103,15 @@ impl Provider {
         cache: &Cache,
     ) -> Result<Self, SetupError> {
         let (auth, client) = Self::prepare(name, config)?;
+        let breaker = |name| {
+            Arc::new(Breaker::new(
+                name,
+                BreakerPolicy {
+                    failure_threshold: config.breaker_failure_threshold,
+                    open_for: Duration::from_millis(config.breaker_open_ms),
+                },
+            ))
+        };
         let upstream = Upstream {
             client,
             provider: name.to_owned(),
@@ -112,10 +121,7 @@ impl Provider {
                 base_delay: Duration::from_millis(config.retry_base_delay_ms),
                 max_delay: Duration::from_millis(config.retry_max_delay_ms),
             },
-            breaker: Arc::new(Breaker::new(BreakerPolicy {
-                failure_threshold: config.breaker_failure_threshold,
-                open_for: Duration::from_millis(config.breaker_open_ms),
-            })),
+            breaker: breaker("identity"),
             budget: config.rate_limit_per_minute().map(|per_minute| {
                 Arc::new(RequestBudget::new(
                     name,
@@ -145,8 +151,15 @@ impl Provider {
                 expiry_field: config.expiry_field.unwrap_or(ExpiryField::Auto),
                 default_lifetime: Duration::from_secs(config.default_token_lifetime_secs),
             },
+            // SCIM has a breaker of its own, so a SCIM outage does not stop
+            // token issuance; an identity outage stops SCIM anyway, as every
+            // SCIM call needs a token. The request budget stays shared: the
+            // provider limits the client, not an endpoint.
             scim: config.scim_url().map(|base| ScimClient {
-                upstream: upstream.clone(),
+                upstream: Upstream {
+                    breaker: breaker("scim"),
+                    ..upstream.clone()
+                },
                 base,
                 content_type: config.scim_content_type.clone(),
             }),

@@ -74,6 +74,7 @@ fn retryable(error: &ProviderError, replay: Replay) -> bool {
                 && matches!(error.as_str(), "temporarily_unavailable" | "server_error")
         }
         ProviderError::Scim { .. }
+        | ProviderError::Misdirected { .. }
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => false,
     }
@@ -89,6 +90,7 @@ fn is_provider_failure(error: &ProviderError) -> bool {
         }
         ProviderError::Scim { status, .. } => *status >= 500,
         ProviderError::RateLimited { .. }
+        | ProviderError::Misdirected { .. }
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => false,
     }
@@ -115,11 +117,15 @@ enum State {
     Probing,
 }
 
-/// A per-provider circuit breaker: after `failure_threshold` consecutive
-/// failures, requests fail at once (UNAVAILABLE) for `open_for`; then one
-/// probe goes through, and its outcome closes or reopens the breaker.
+/// A circuit breaker for one provider's identity endpoints (token,
+/// discovery, JWKS) or its SCIM endpoint: after `failure_threshold`
+/// consecutive failures, requests fail at once (UNAVAILABLE) for
+/// `open_for`; then one probe goes through, and its outcome closes or
+/// reopens the breaker.
 #[derive(Debug)]
 pub struct Breaker {
+    /// Which endpoints it guards (`identity`, `scim`), for logs.
+    pub name: &'static str,
     policy: BreakerPolicy,
     state: Mutex<State>,
 }
@@ -133,8 +139,9 @@ pub enum Admission {
 }
 
 impl Breaker {
-    pub fn new(policy: BreakerPolicy) -> Self {
+    pub fn new(name: &'static str, policy: BreakerPolicy) -> Self {
         Self {
+            name,
             policy,
             state: Mutex::new(State::Closed { failures: 0 }),
         }
@@ -209,10 +216,13 @@ mod tests {
     }
 
     fn breaker(open_for: Duration) -> Breaker {
-        Breaker::new(BreakerPolicy {
-            failure_threshold: 3,
-            open_for,
-        })
+        Breaker::new(
+            "identity",
+            BreakerPolicy {
+                failure_threshold: 3,
+                open_for,
+            },
+        )
     }
 
     #[test]
@@ -245,9 +255,14 @@ mod tests {
             retry_after: None,
             code: None,
         };
+        let misdirected = ProviderError::Misdirected {
+            reason: "a list, not a user".into(),
+            status: Some(200),
+        };
         for _ in 0..10 {
             breaker.record(breaker.admit().unwrap(), Err(&refused));
             breaker.record(breaker.admit().unwrap(), Err(&limited));
+            breaker.record(breaker.admit().unwrap(), Err(&misdirected));
         }
         assert_eq!(breaker.admit().unwrap(), Admission::Closed);
     }
@@ -313,6 +328,11 @@ mod tests {
             "attempts are capped"
         );
         assert_eq!(policy.pause_after(1, &refused, Replay::Safe), None);
+        let misdirected = ProviderError::Misdirected {
+            reason: "HTTP 404".into(),
+            status: Some(404),
+        };
+        assert_eq!(policy.pause_after(1, &misdirected, Replay::Safe), None);
         assert_eq!(
             policy.pause_after(1, &timeout, Replay::OnlyUnprocessed),
             None

@@ -154,11 +154,11 @@ impl ScimClient {
     pub async fn create_user(&self, bearer: &str, user: &NewUser) -> Result<User, ProviderError> {
         let body = serde_json::to_vec(&ScimUserRequest::new(user))
             .map_err(|_| ProviderError::unavailable("cannot encode the SCIM request"))?;
-        let body = &body;
-        self.send(bearer, Replay::OnlyUnprocessed, move || {
+        let (body, url) = (&body, &collection_url(&self.base));
+        self.send(bearer, Replay::OnlyUnprocessed, None, move || {
             self.upstream
                 .client
-                .post(self.users_url(None))
+                .post(url.clone())
                 .header(CONTENT_TYPE, &self.content_type)
                 .body(body.clone())
         })
@@ -166,27 +166,22 @@ impl ScimClient {
     }
 
     pub async fn get_user(&self, bearer: &str, id: &UserId) -> Result<User, ProviderError> {
-        self.send(bearer, Replay::Safe, move || {
-            self.upstream.client.get(self.users_url(Some(id)))
+        let url = &user_url(&self.base, id.as_str()).ok_or_else(|| ProviderError::Misdirected {
+            reason: format!("user id {id} does not address one SCIM user"),
+            status: None,
+        })?;
+        self.send(bearer, Replay::Safe, Some(id), move || {
+            self.upstream.client.get(url.clone())
         })
         .await
     }
 
-    fn users_url(&self, id: Option<&UserId>) -> Url {
-        let mut url = self.base.clone();
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().push("users");
-            if let Some(id) = id {
-                segments.push(id.as_str());
-            }
-        }
-        url
-    }
-
+    /// Sends a request answered by one user: `asked`, when its id is known.
     async fn send(
         &self,
         bearer: &str,
         replay: Replay,
+        asked: Option<&UserId>,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<User, ProviderError> {
         let request = &request;
@@ -196,19 +191,33 @@ impl ScimClient {
                     .header(AUTHORIZATION, format!("Bearer {bearer}"))
                     .header(ACCEPT, "application/scim+json, application/json");
                 let answer = self.upstream.send(request, "scim").await?;
-                Self::read(&answer)
+                Self::read(&answer, asked)
             })
             .await
     }
 
-    fn read(answer: &Answer) -> Result<User, ProviderError> {
+    fn read(answer: &Answer, asked: Option<&UserId>) -> Result<User, ProviderError> {
         if answer.is_success() {
-            return answer.json::<ScimUser>().map(User::from);
+            // A body that is not JSON says the provider is failing; JSON
+            // that is not the user asked for (a ListResponse, another
+            // user) says the request reached the wrong resource.
+            let body: serde_json::Value = answer.json()?;
+            return serde_json::from_value::<ScimUser>(body)
+                .ok()
+                .filter(|user| asked.is_none_or(|id| user.id == id.as_str()))
+                .map(User::from)
+                .ok_or_else(|| {
+                    answer.misdirected(
+                        "SCIM endpoint",
+                        "with something other than the user asked for",
+                    )
+                });
         }
         if answer.status == 429 {
             return Err(answer.rate_limited(None));
         }
-        if answer.status >= 500 {
+        // 408: the provider tired of waiting for the request, like a timeout.
+        if answer.status == 408 || answer.status >= 500 {
             return Err(answer.unexpected());
         }
         let error: ScimError = serde_json::from_slice(&answer.body).unwrap_or_default();
@@ -217,5 +226,42 @@ impl ScimClient {
             scim_type: error.scim_type,
             detail: error.detail,
         })
+    }
+}
+
+/// The users collection, `{base}/users`.
+fn collection_url(base: &Url) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().push("users");
+    }
+    url
+}
+
+/// `{base}/users/{id}`, or `None` unless the built path ends in exactly
+/// that segment: a URL resolves dot segments (`..` would address the
+/// collection), so no id may steer a request to another resource.
+fn user_url(base: &Url, id: &str) -> Option<Url> {
+    let collection = collection_url(base);
+    let mut url = collection.clone();
+    url.path_segments_mut().ok()?.push(id);
+    let tail = url.path().strip_prefix(collection.path())?;
+    (!id.is_empty() && tail.strip_prefix('/') == Some(id)).then_some(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_url_addresses_exactly_one_user() {
+        let base: Url = "https://identity.example/scim/".parse().unwrap();
+        assert_eq!(
+            user_url(&base, "66b3-a_b~c.d").unwrap().as_str(),
+            "https://identity.example/scim/users/66b3-a_b~c.d"
+        );
+        for hostile in [".", "..", "a/b", "a?b", "a#b", "%2e%2e", ""] {
+            assert_eq!(user_url(&base, hostile), None, "{hostile:?}");
+        }
     }
 }

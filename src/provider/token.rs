@@ -216,7 +216,9 @@ fn parse_token_answer(
                 error: body.error,
                 description: body.error_description,
             }),
-            None => Err(answer.unexpected()),
+            // 408: the provider tired of waiting for the request, like a timeout.
+            None if answer.status == 408 => Err(answer.unexpected()),
+            None => Err(answer.misdirected("token endpoint", "without an OAuth error code")),
         };
     }
     let body: TokenBody = answer.json()?;
@@ -373,11 +375,18 @@ mod tests {
             parse(&answer(429, "{}"), now()),
             Err(ProviderError::RateLimited { .. })
         ));
+        assert!(matches!(
+            parse(&answer(404, ""), now()),
+            Err(ProviderError::Misdirected {
+                status: Some(404),
+                ..
+            })
+        ));
         for (status, body) in [
             (503, "{}"),
             (200, "{\"access_tok"),
             (200, "<html>"),
-            (404, ""),
+            (408, ""),
         ] {
             assert!(
                 matches!(

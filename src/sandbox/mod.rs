@@ -67,6 +67,8 @@ pub enum Fault {
     Garbage,
     /// HTTP 200 with a JSON body of this many bytes, streamed.
     Oversized(usize),
+    /// Well-formed JSON of any shape, with this status.
+    Json { status: u16, body: &'static str },
 }
 
 /// A defect the sandbox builds into the next ID token it issues.
@@ -228,7 +230,7 @@ impl Sandbox {
             .route("/oidc/token", post(oidc::token))
             .route("/oidc/auth", get(oidc::authorize))
             .route("/moneykit/auth/token", post(moneykit::token))
-            .route("/scim/users", post(scim::create_user))
+            .route("/scim/users", post(scim::create_user).get(scim::list_users))
             .route("/scim/users/{id}", get(scim::get_user))
             .with_state(state.clone());
         let server = tokio::spawn(async move {
@@ -467,6 +469,12 @@ async fn serve_fault(state: &State, endpoint: Endpoint) -> Option<Response> {
             )
                 .into_response()
         }
+        Fault::Json { status, body } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
     })
 }
 

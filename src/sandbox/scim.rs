@@ -15,6 +15,7 @@ use super::{Endpoint, State, serve_fault};
 use crate::provider::scim::{ScimMeta, ScimName, ScimUser, ScimUserRequest};
 
 const SCIM_ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+const SCIM_LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 
 fn scim_json(status: StatusCode, body: &impl serde::Serialize) -> Response {
     (
@@ -176,4 +177,26 @@ pub async fn get_user(
         Some(user) => scim_json(StatusCode::OK, user),
         None => scim_error(StatusCode::NOT_FOUND, None, "no such user"),
     }
+}
+
+/// `GET /scim/users`: every user, as an RFC 7644 §3.4.2 ListResponse.
+pub async fn list_users(AxumState(state): AxumState<Arc<State>>, headers: HeaderMap) -> Response {
+    state.scim_requests.fetch_add(1, Ordering::SeqCst);
+    state.record_traceparent(&headers);
+    if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
+        return response;
+    }
+    if let Some(response) = refusal(&state, &headers, "scim_user:read") {
+        return response;
+    }
+    let users = state.users.lock().expect("users lock");
+    let resources: Vec<&ScimUser> = users.values().collect();
+    let body = serde_json::json!({
+        "schemas": [SCIM_LIST_SCHEMA],
+        "totalResults": resources.len(),
+        "startIndex": 1,
+        "itemsPerPage": resources.len(),
+        "Resources": resources,
+    });
+    scim_json(StatusCode::OK, &body)
 }

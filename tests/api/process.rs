@@ -53,9 +53,11 @@ fn signal(pid: u32, name: &str) {
 }
 
 /// Writes a configuration for the sandbox `upstream` (plus `extra` TOML) and
-/// its key into `dir`; returns the configuration's path.
+/// its key into `dir`; returns the configuration's path. Requests are
+/// anonymous unless `extra` configures callers.
 fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -> PathBuf {
     let key = write_client_key(dir.path(), upstream);
+    let anonymous = !extra.contains("[access.callers.");
     let config = dir.path().join("bankauth.toml");
     std::fs::write(
         &config,
@@ -68,7 +70,7 @@ fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -
             allow_plaintext = true
 
             [access]
-            allow_anonymous = true
+            allow_anonymous = {anonymous}
 
             [providers.sandbox]
             kind = "moneyhub"

@@ -54,14 +54,29 @@ async fn transient_failures_are_retried_each_with_a_fresh_client_assertion() {
 }
 
 #[tokio::test]
-async fn a_4xx_without_an_oauth_code_is_retried_but_an_oauth_error_is_final() {
+async fn a_4xx_is_final_with_or_without_an_oauth_code_but_a_408_is_retried() {
     let mut app = spawn_app().await;
-    let user = app.sandbox().seed_users(1).remove(0);
+    let users = app.sandbox().seed_users(3);
     app.sandbox().fail_next(Endpoint::Token, Fault::Status(404));
-    app.widget_token(&user).await.unwrap();
-    assert_eq!(app.sandbox().token_requests(), 2);
+    let status = app.widget_token(&users[0]).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(error_info(&status).reason, "UPSTREAM_MISDIRECTED");
+    assert_eq!(error_info(&status).metadata["upstream_error"], "http_404");
+    assert_eq!(app.sandbox().token_requests(), 1, "no retry of a 404");
 
-    let other = app.sandbox().seed_users(1).remove(0);
+    // 408: the provider tired of waiting for the request, as a timeout.
+    app.sandbox().fail_next(Endpoint::Token, Fault::Status(408));
+    app.widget_token(&users[1]).await.unwrap();
+    assert_eq!(app.sandbox().token_requests(), 3);
+    let get = pb::GetUserRequest {
+        provider: String::new(),
+        user_id: users[1].clone(),
+    };
+    app.client.get_user(get.clone()).await.unwrap();
+    app.sandbox().fail_next(Endpoint::Scim, Fault::Status(408));
+    app.client.get_user(get).await.unwrap();
+    assert_eq!(app.sandbox().scim_requests(), 3);
+
     app.sandbox().fail_next(
         Endpoint::Token,
         Fault::OAuth {
@@ -69,13 +84,115 @@ async fn a_4xx_without_an_oauth_code_is_retried_but_an_oauth_error_is_final() {
             error: "invalid_client",
         },
     );
-    let status = app.widget_token(&other).await.unwrap_err();
+    let status = app.widget_token(&users[2]).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(
         app.sandbox().token_requests(),
-        3,
+        5,
         "no retry of invalid_client"
     );
+}
+
+/// `.` and `..` as user ids once addressed the SCIM collection (a URL
+/// resolves dot segments), whose answer is not a user: each GetUser was
+/// retried and counted as a provider failure until the breaker opened.
+#[tokio::test]
+async fn hostile_or_refused_requests_never_stop_token_issuance() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        let provider = sandbox_provider(c);
+        provider.breaker_failure_threshold = 2;
+        provider.retry_base_delay_ms = 1;
+    })
+    .await;
+    let users = app.sandbox().seed_users(2);
+    let mut refused = Vec::new();
+    for hostile in ["..", ".", "..", "."] {
+        let request = pb::GetUserRequest {
+            provider: String::new(),
+            user_id: hostile.into(),
+        };
+        refused.push(app.client.get_user(request).await.unwrap_err());
+    }
+    app.widget_token(&users[0]).await.unwrap();
+    for status in &refused {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(error_info(status).metadata["field"], "user_id");
+    }
+
+    // Requests the provider answers with a 4xx are the request's fault too.
+    for _ in 0..3 {
+        let request = pb::GetUserRequest {
+            provider: String::new(),
+            user_id: "000000000000000000000000".into(),
+        };
+        let status = app.client.get_user(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        app.sandbox().fail_next(Endpoint::Token, Fault::Status(400));
+        let status = app.widget_token(&users[1]).await.unwrap_err();
+        assert_eq!(error_info(&status).reason, "UPSTREAM_MISDIRECTED");
+    }
+    app.widget_token(&users[1]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_scim_answer_that_is_not_the_user_asked_for_is_final_and_not_a_provider_failure() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        sandbox_provider(c).breaker_failure_threshold = 2;
+    })
+    .await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    let get = |user_id: &str| pb::GetUserRequest {
+        provider: String::new(),
+        user_id: user_id.into(),
+    };
+    app.client.get_user(get(&user)).await.unwrap();
+    let another_user = r#"{"id":"someone-else","externalId":"x"}"#;
+    let a_list = r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":0,"Resources":[]}"#;
+    for body in [another_user, a_list, another_user, a_list] {
+        let before = app.sandbox().scim_requests();
+        app.sandbox()
+            .fail_next(Endpoint::Scim, Fault::Json { status: 200, body });
+        let status = app.client.get_user(get(&user)).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::FailedPrecondition,
+            "{body}: {status:?}"
+        );
+        assert_eq!(error_info(&status).reason, "UPSTREAM_MISDIRECTED");
+        assert_eq!(app.sandbox().scim_requests(), before + 1, "not retried");
+    }
+    let fetched = app.client.get_user(get(&user)).await.unwrap();
+    assert_eq!(fetched.into_inner().user.unwrap().id, user);
+}
+
+/// SCIM and the token endpoint have separate breakers: users cannot be
+/// managed while SCIM is down, but tokens are still issued.
+#[tokio::test]
+async fn a_failing_scim_endpoint_does_not_stop_token_issuance() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        let provider = sandbox_provider(c);
+        provider.retry_max_attempts = 1;
+        provider.breaker_failure_threshold = 2;
+    })
+    .await;
+    let users = app.sandbox().seed_users(2);
+    let get = pb::GetUserRequest {
+        provider: String::new(),
+        user_id: users[0].clone(),
+    };
+    app.client.get_user(get.clone()).await.unwrap();
+    for _ in 0..10 {
+        app.sandbox().fail_next(Endpoint::Scim, Fault::Status(500));
+    }
+    for reason in [
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_CIRCUIT_OPEN",
+    ] {
+        let status = app.client.get_user(get.clone()).await.unwrap_err();
+        assert_eq!(error_info(&status).reason, reason);
+    }
+    app.widget_token(&users[1]).await.unwrap();
 }
 
 #[tokio::test]

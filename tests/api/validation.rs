@@ -38,6 +38,9 @@ async fn bad_user_ids_name_the_field() {
         "a".repeat(10 * 1024),
         "../admin".into(),
         "a b".into(),
+        // Dot segments: a URL would resolve them to the SCIM collection.
+        ".".into(),
+        "..".into(),
     ] {
         let status = app.widget_token(&bad).await.unwrap_err();
         assert_invalid(&status, "user_id");
