@@ -19,6 +19,22 @@ fn sandbox_provider(config: &mut Config) -> &mut ProviderConfig {
     config.providers.get_mut("sandbox").unwrap()
 }
 
+/// The readiness status (`""`) as the health service reports it (1: SERVING).
+async fn readiness(addr: std::net::SocketAddr) -> i32 {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_or(-1, |response| response.into_inner().status)
+}
+
 /// A widget-token request the caller gives `timeout` to answer.
 fn widget_within(user: &str, timeout: Duration) -> tonic::Request<pb::IssueWidgetTokenRequest> {
     let mut request = tonic::Request::new(pb::IssueWidgetTokenRequest {
@@ -522,6 +538,20 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
         })
         .collect();
 
+    // Readiness, watched all along: it must never leave SERVING.
+    let probe = {
+        let stop = stop.clone();
+        let addr = app.addr;
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(readiness(addr).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            statuses
+        })
+    };
+
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.pause();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -532,6 +562,16 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
     redis.restart();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = probe.await.unwrap();
+    assert!(
+        statuses.len() > 20,
+        "readiness was checked {} times",
+        statuses.len()
+    );
+    assert!(
+        statuses.iter().all(|status| *status == 1),
+        "readiness left SERVING during the outage: {statuses:?}"
+    );
 
     let mut served = 0;
     for worker in workers {
