@@ -86,6 +86,8 @@ impl Provider {
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .connect_timeout(Duration::from_millis(config.request_timeout_ms.min(5_000)))
             .user_agent(concat!("bankauth/", env!("CARGO_PKG_VERSION")))
+            // A 307/308 would re-post secrets, codes and refresh tokens wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 ConfigError::invalid(&key, format!("cannot build the HTTP client: {e}"))
