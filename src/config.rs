@@ -364,6 +364,13 @@ pub struct ProviderConfig {
     /// development only: secrets and codes would cross the network in clear.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// The least time between two JWKS fetches caused by an unknown `kid`.
+    #[serde(default = "default_jwks_refetch_interval_ms")]
+    pub jwks_refetch_interval_ms: u64,
+}
+
+fn default_jwks_refetch_interval_ms() -> u64 {
+    30_000
 }
 
 fn default_retry_max_attempts() -> u32 {
@@ -433,6 +440,7 @@ impl ProviderConfig {
             breaker_open_ms: default_breaker_open_ms(),
             rate_limit_per_minute: None,
             allow_insecure_http: false,
+            jwks_refetch_interval_ms: default_jwks_refetch_interval_ms(),
         }
     }
 
@@ -904,6 +912,9 @@ impl ProviderConfig {
         }
         if self.breaker_failure_threshold == 0 {
             return Err(invalid("breaker_failure_threshold", "must be positive"));
+        }
+        if self.jwks_refetch_interval_ms == 0 {
+            return Err(invalid("jwks_refetch_interval_ms", "must be positive"));
         }
         for (field, scopes) in [
             ("data_scopes", &self.data_scopes),

@@ -21,7 +21,7 @@ pub use client_auth::{ClientAuth, random_hex};
 pub use discovery::Endpoints;
 pub use error::ProviderError;
 pub use http::MAX_BODY_BYTES;
-pub use id_token::{IdTokenClaims, IdTokenError, find_key};
+pub use id_token::{Expected, IdTokenClaims, IdTokenError, find_key};
 pub use signing::{KeyError, SigningAlgorithm, SigningKey};
 pub use token::{Grant, TokenResponse};
 
@@ -155,6 +155,7 @@ impl Provider {
             id_tokens: IdTokenVerifier {
                 upstream: upstream.clone(),
                 client_id: config.client_id.clone(),
+                refetch_interval: Duration::from_millis(config.jwks_refetch_interval_ms),
                 jwks: Default::default(),
             },
             upstream,
@@ -190,8 +191,11 @@ impl Provider {
         self.endpoints.read().expect("endpoints lock").clone()
     }
 
-    /// Re-runs discovery; on failure the endpoints in use are kept.
+    /// Re-runs discovery; on failure the endpoints in use are kept. The
+    /// cached JWKS is dropped either way, so a key the provider removed is
+    /// no longer trusted.
     pub async fn rediscover(&self) -> Result<(), ProviderError> {
+        self.id_tokens.forget_keys().await;
         let endpoints = discovery::resolve(&self.upstream, &self.config).await?;
         *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints);
         Ok(())
@@ -239,10 +243,10 @@ impl Provider {
     pub async fn verify_id_token(
         &self,
         id_token: &str,
-        nonce: Option<&str>,
+        expected: Expected<'_>,
     ) -> Result<IdTokenClaims, IdTokenError> {
         self.id_tokens
-            .verify(&self.endpoints(), id_token, nonce)
+            .verify(&self.endpoints(), id_token, expected)
             .await
     }
 
