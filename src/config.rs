@@ -367,6 +367,13 @@ pub struct ProviderConfig {
     /// The least time between two JWKS fetches caused by an unknown `kid`.
     #[serde(default = "default_jwks_refetch_interval_ms")]
     pub jwks_refetch_interval_ms: u64,
+    /// A longer token lifetime is a misread expiry (milliseconds, say): refused.
+    #[serde(default = "default_max_token_lifetime_secs")]
+    pub max_token_lifetime_secs: u64,
+}
+
+fn default_max_token_lifetime_secs() -> u64 {
+    86_400
 }
 
 fn default_jwks_refetch_interval_ms() -> u64 {
@@ -441,6 +448,7 @@ impl ProviderConfig {
             rate_limit_per_minute: None,
             allow_insecure_http: false,
             jwks_refetch_interval_ms: default_jwks_refetch_interval_ms(),
+            max_token_lifetime_secs: default_max_token_lifetime_secs(),
         }
     }
 
@@ -912,6 +920,12 @@ impl ProviderConfig {
         }
         if self.breaker_failure_threshold == 0 {
             return Err(invalid("breaker_failure_threshold", "must be positive"));
+        }
+        if self.max_token_lifetime_secs < self.default_token_lifetime_secs.max(1) {
+            return Err(invalid(
+                "max_token_lifetime_secs",
+                "must be positive and at least default_token_lifetime_secs",
+            ));
         }
         if self.jwks_refetch_interval_ms == 0 {
             return Err(invalid("jwks_refetch_interval_ms", "must be positive"));

@@ -34,7 +34,7 @@ use http::Upstream;
 use id_token::IdTokenVerifier;
 use resilience::{Breaker, BreakerPolicy, RetryPolicy};
 pub use scim::ScimClient;
-use token::TokenEndpoint;
+use token::{ExpiryRules, TokenEndpoint};
 
 /// The scope Moneyhub requires for creating SCIM users.
 pub const SCIM_WRITE_SCOPE: &str = "scim_user:write";
@@ -144,8 +144,11 @@ impl Provider {
                 upstream: upstream.clone(),
                 client_id: config.client_id.clone(),
                 auth,
-                expiry_field: config.expiry_field.unwrap_or(ExpiryField::Auto),
-                default_lifetime: Duration::from_secs(config.default_token_lifetime_secs),
+                expiry: ExpiryRules {
+                    field: config.expiry_field.unwrap_or(ExpiryField::Auto),
+                    default_lifetime: Duration::from_secs(config.default_token_lifetime_secs),
+                    max_lifetime: Duration::from_secs(config.max_token_lifetime_secs),
+                },
             },
             scim: config.scim_url().map(|base| ScimClient {
                 upstream: upstream.clone(),

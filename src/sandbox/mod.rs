@@ -50,6 +50,8 @@ pub enum ExpiryField {
     ExpiresIn,
     /// `expires_at`, epoch seconds (as Moneyhub's examples show).
     ExpiresAt,
+    /// Both `expires_in` and `expires_at`.
+    Both,
 }
 
 /// A failure the sandbox serves instead of its normal answer.

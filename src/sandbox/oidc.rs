@@ -447,6 +447,10 @@ fn issue(
     match expiry_field {
         ExpiryField::ExpiresIn => body["expires_in"] = lifetime.into(),
         ExpiryField::ExpiresAt => body["expires_at"] = (now + lifetime).into(),
+        ExpiryField::Both => {
+            body["expires_in"] = lifetime.into();
+            body["expires_at"] = (now + lifetime).into();
+        }
     }
     if let Some(id_token) = id_token {
         let fault = state

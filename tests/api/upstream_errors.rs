@@ -340,3 +340,27 @@ async fn a_discovered_http_endpoint_off_loopback_stops_startup() {
         .allow_insecure_http = true;
     assert!(Application::build(config).await.is_ok());
 }
+
+#[tokio::test]
+async fn an_expiry_in_milliseconds_is_unavailable_saying_so() {
+    let (token_url, _) = token_endpoint(|| {
+        let millis = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
+        let body = serde_json::json!({"access_token": "opaque", "expires_at": millis});
+        axum::Json(body).into_response()
+    })
+    .await;
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        without_retries(c);
+        c.providers.get_mut("sandbox").unwrap().token_url = Some(token_url);
+    })
+    .await;
+    let status = app.widget_token("u1").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("longer than max_token_lifetime_secs"),
+        "{}",
+        status.message()
+    );
+}
