@@ -365,6 +365,24 @@ pub struct ProviderConfig {
     /// The provider's published rate limit for this client, shared by all
     /// replicas. Defaults: moneyhub 1000, moneykit 300, oauth2 none; 0: none.
     pub rate_limit_per_minute: Option<u32>,
+    /// Allows `http://` endpoints off loopback, configured or discovered. For
+    /// development only: secrets and codes would cross the network in clear.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// The least time between two JWKS fetches caused by an unknown `kid`.
+    #[serde(default = "default_jwks_refetch_interval_ms")]
+    pub jwks_refetch_interval_ms: u64,
+    /// A longer token lifetime is a misread expiry (milliseconds, say): refused.
+    #[serde(default = "default_max_token_lifetime_secs")]
+    pub max_token_lifetime_secs: u64,
+}
+
+fn default_max_token_lifetime_secs() -> u64 {
+    86_400
+}
+
+fn default_jwks_refetch_interval_ms() -> u64 {
+    30_000
 }
 
 fn default_retry_max_attempts() -> u32 {
@@ -433,6 +451,9 @@ impl ProviderConfig {
             breaker_failure_threshold: default_breaker_failure_threshold(),
             breaker_open_ms: default_breaker_open_ms(),
             rate_limit_per_minute: None,
+            allow_insecure_http: false,
+            jwks_refetch_interval_ms: default_jwks_refetch_interval_ms(),
+            max_token_lifetime_secs: default_max_token_lifetime_secs(),
         }
     }
 
@@ -481,6 +502,19 @@ impl ProviderConfig {
             }
             _ => None,
         }
+    }
+
+    /// Whether `url` is plain `http://` to a host off loopback while
+    /// `allow_insecure_http` is off: client secrets, assertions and codes
+    /// must not cross the network in clear.
+    pub fn refuses_insecure(&self, url: &Url) -> bool {
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        url.scheme() == "http" && !loopback && !self.allow_insecure_http
     }
 
     pub fn send_sub(&self) -> bool {
@@ -868,6 +902,12 @@ impl ProviderConfig {
             Some(url) if !(matches!(url.scheme(), "http" | "https") && url.host().is_some()) => {
                 Err(invalid(field, "must be an http(s) URL"))
             }
+            Some(url) if self.refuses_insecure(url) => Err(invalid(
+                field,
+                &format!(
+                    "must be https:// unless on loopback (for development only: {key}.allow_insecure_http = true)"
+                ),
+            )),
             _ => Ok(()),
         };
         http_url("issuer", &self.issuer)?;
@@ -892,6 +932,15 @@ impl ProviderConfig {
         }
         if self.breaker_failure_threshold == 0 {
             return Err(invalid("breaker_failure_threshold", "must be positive"));
+        }
+        if self.max_token_lifetime_secs < self.default_token_lifetime_secs.max(1) {
+            return Err(invalid(
+                "max_token_lifetime_secs",
+                "must be positive and at least default_token_lifetime_secs",
+            ));
+        }
+        if self.jwks_refetch_interval_ms == 0 {
+            return Err(invalid("jwks_refetch_interval_ms", "must be positive"));
         }
         for (field, scopes) in [
             ("data_scopes", &self.data_scopes),
@@ -1157,6 +1206,43 @@ mod tests {
         let alone =
             format!("{head}[access]\nallow_anonymous = true\n[providers.moneyhub]{providers}");
         assert!(Config::from_toml(&alone).unwrap().access.allow_anonymous);
+    }
+
+    #[test]
+    fn http_endpoints_off_loopback_are_refused_unless_allowed() {
+        let token_url = |url: &str| {
+            MINIMAL.replace(
+                "data_scopes",
+                &format!("token_url = \"{url}\"\ndata_scopes"),
+            )
+        };
+        for (toml, key) in [
+            (
+                MINIMAL.replace("https://identity", "http://identity"),
+                "providers.moneyhub.issuer",
+            ),
+            (
+                token_url("http://auth.example.com/token"),
+                "providers.moneyhub.token_url",
+            ),
+        ] {
+            let error = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(error.contains(key), "{error:?} does not name {key}");
+            assert!(
+                error.contains("providers.moneyhub.allow_insecure_http"),
+                "{error:?}"
+            );
+            let allowed = toml.replace("data_scopes", "allow_insecure_http = true\ndata_scopes");
+            Config::from_toml(&allowed).unwrap();
+        }
+        for loopback in [
+            "http://127.0.0.1:8080/token",
+            "http://127.3.2.1/token",
+            "http://localhost:8080/token",
+            "http://[::1]:8080/token",
+        ] {
+            Config::from_toml(&token_url(loopback)).unwrap();
+        }
     }
 
     #[test]

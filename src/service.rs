@@ -14,8 +14,8 @@ use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fi
 use crate::deadline;
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
 use crate::provider::{
-    Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers, SCIM_READ_SCOPE,
-    SCIM_WRITE_SCOPE, WIDGET_SCOPE,
+    Expected, Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers,
+    SCIM_READ_SCOPE, SCIM_WRITE_SCOPE, WIDGET_SCOPE,
 };
 use crate::telemetry::Metrics;
 
@@ -232,7 +232,13 @@ impl AuthService {
             .id_token
             .ok_or_else(|| id_token_error(provider, IdTokenError::Missing))?;
         let claims = provider
-            .verify_id_token(&id_token, exchange.nonce)
+            .verify_id_token(
+                &id_token,
+                Expected::CodeExchange {
+                    nonce: exchange.nonce,
+                    sub: exchange.sub.map(UserId::as_str),
+                },
+            )
             .await
             .map_err(|source| id_token_error(provider, source))?;
         Ok(TokenSet {
@@ -256,7 +262,7 @@ impl AuthService {
         let claims = match &response.id_token {
             Some(id_token) => Some(
                 provider
-                    .verify_id_token(id_token, None)
+                    .verify_id_token(id_token, Expected::Refresh)
                     .await
                     .map_err(|source| id_token_error(provider, source))?,
             ),

@@ -53,10 +53,21 @@ pub async fn resolve(
             document.issuer
         )));
     }
+    let jwks_url = config.jwks_url.clone().or(document.jwks_uri);
+    for (name, url) in [
+        ("token_endpoint", Some(&document.token_endpoint)),
+        ("jwks_uri", jwks_url.as_ref()),
+    ] {
+        if url.is_some_and(|url| config.refuses_insecure(url)) {
+            return Err(ProviderError::unavailable(format!(
+                "the discovery document's {name} is http:// off loopback; bankauth sends credentials only over https (for development only: allow_insecure_http = true)"
+            )));
+        }
+    }
     Ok(Endpoints {
         issuer,
         token_url: document.token_endpoint,
-        jwks_url: config.jwks_url.clone().or(document.jwks_uri),
+        jwks_url,
     })
 }
 

@@ -147,7 +147,17 @@ impl Upstream {
                 .map_err(|e| ProviderError::from_transport(&e))?;
             tracing::Span::current()
                 .record("http.response.status_code", response.status().as_u16());
-            Answer::read(response).await
+            let answer = Answer::read(response).await?;
+            if (300..400).contains(&answer.status) {
+                return Err(ProviderError::Unavailable {
+                    reason: format!(
+                        "the endpoint answered HTTP {}, a redirect, which bankauth does not follow: it would re-send credentials elsewhere (configure the URL it points to)",
+                        answer.status
+                    ),
+                    status: Some(answer.status),
+                });
+            }
+            Ok(answer)
         }
         .instrument(span)
         .await;

@@ -1,20 +1,30 @@
 //! Validation of the ID tokens a code exchange or refresh returns: signature
-//! against the provider's JWKS (cached; refetched once when a `kid` is
-//! unknown, which is how key rotation shows), `iss`, `aud`, `exp`, `nonce`.
+//! against the provider's JWKS, `iss`, `aud` (and `azp`), `exp`, `nonce`,
+//! `sub`. The JWKS is cached for its `Cache-Control: max-age` and refetched
+//! when a `kid` is unknown, which is how key rotation shows, at most once
+//! per `jwks_refetch_interval_ms`.
+
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use reqwest::header::{CACHE_CONTROL, HeaderMap};
 use serde::Deserialize;
 use tokio::sync::RwLock;
+use tokio::time::Instant;
 use url::Url;
 
 use super::ProviderError;
 use super::discovery::Endpoints;
 use super::http::Upstream;
+use super::resilience::Replay;
 
 /// Clock skew tolerated on `exp`, in seconds.
 const LEEWAY_SECS: u64 = 30;
+
+/// How long a JWKS is trusted when its answer states no lifetime.
+const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Which check an ID token failed. Named in the UNAUTHENTICATED status.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -23,7 +33,9 @@ pub enum IdTokenError {
     Missing,
     #[error("the id_token is not a well-formed JWT")]
     Malformed,
-    #[error("the id_token is signed with an algorithm bankauth does not accept")]
+    #[error(
+        "the id_token is signed with an algorithm bankauth does not accept, or not the one its key states"
+    )]
     Algorithm,
     #[error("no key in the provider's JWKS matches the id_token's kid")]
     UnknownKey,
@@ -33,10 +45,14 @@ pub enum IdTokenError {
     Issuer,
     #[error("the id_token audience is not this client")]
     Audience,
+    #[error("the id_token has several audiences and its azp is not this client")]
+    AuthorizedParty,
     #[error("the id_token has expired")]
     Expired,
     #[error("the id_token nonce does not match the request's")]
     Nonce,
+    #[error("the id_token sub is not the user the request named")]
+    Subject,
     #[error("the provider's JWKS cannot be fetched: {0}")]
     Jwks(ProviderError),
     #[error(
@@ -55,11 +71,28 @@ impl IdTokenError {
             Self::Signature => "signature",
             Self::Issuer => "iss",
             Self::Audience => "aud",
+            Self::AuthorizedParty => "azp",
             Self::Expired => "exp",
             Self::Nonce => "nonce",
+            Self::Subject => "sub",
             Self::Jwks(_) | Self::NotConfigured => "jwks",
         }
     }
+}
+
+/// What the grant that returned an ID token lets bankauth expect of it.
+#[derive(Debug, Clone, Copy)]
+pub enum Expected<'a> {
+    /// A code exchange: exactly the request's `nonce` (none when it sent
+    /// none, so a token minted for another authorization is refused), and
+    /// its `sub` when it named one.
+    CodeExchange {
+        nonce: Option<&'a str>,
+        sub: Option<&'a str>,
+    },
+    /// A refresh: the new ID token may repeat the original nonce (OIDC Core
+    /// §12.2, errata), which bankauth never saw.
+    Refresh,
 }
 
 /// The validated claims a caller needs.
@@ -71,6 +104,62 @@ pub struct IdTokenClaims {
     pub connection_id: Option<String>,
     pub auth_time: Option<i64>,
     nonce: Option<String>,
+    aud: Audience,
+    azp: Option<String>,
+}
+
+/// `aud` is one string or an array of them (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The provider's keys as last fetched.
+#[derive(Debug)]
+struct FetchedJwks {
+    keys: JwkSet,
+    fetched_at: Instant,
+    /// From the answer's `Cache-Control`.
+    max_age: Duration,
+}
+
+/// The cached JWKS and when an unknown `kid` last caused a refetch.
+#[derive(Debug, Default)]
+pub struct JwksCache {
+    current: Option<FetchedJwks>,
+    last_refetch: Option<Instant>,
+}
+
+/// What the cache can do for a token naming a `kid`.
+#[derive(Debug)]
+enum Lookup {
+    Found(Box<Jwk>),
+    /// Not in a fresh JWKS, and refetched too recently to try again.
+    Unknown,
+    /// Nothing cached, or its max-age has passed.
+    Fetch,
+    /// Not in a fresh JWKS: the provider may have rotated its keys.
+    Refetch,
+}
+
+impl JwksCache {
+    fn lookup(&self, kid: Option<&str>, refetch_interval: Duration, now: Instant) -> Lookup {
+        let Some(current) = &self.current else {
+            return Lookup::Fetch;
+        };
+        if now.saturating_duration_since(current.fetched_at) >= current.max_age {
+            return Lookup::Fetch;
+        }
+        if let Some(jwk) = find_key(&current.keys, kid) {
+            return Lookup::Found(Box::new(jwk.clone()));
+        }
+        match self.last_refetch {
+            Some(at) if now.saturating_duration_since(at) < refetch_interval => Lookup::Unknown,
+            _ => Lookup::Refetch,
+        }
+    }
 }
 
 /// Validates one provider's ID tokens.
@@ -78,7 +167,10 @@ pub struct IdTokenClaims {
 pub struct IdTokenVerifier {
     pub(super) upstream: Upstream,
     pub(super) client_id: String,
-    pub(super) jwks: RwLock<Option<JwkSet>>,
+    /// Anyone holding a code could otherwise make bankauth fetch the JWKS
+    /// at will by sending ID tokens with made-up `kid`s.
+    pub(super) refetch_interval: Duration,
+    pub(super) jwks: RwLock<JwksCache>,
 }
 
 impl IdTokenVerifier {
@@ -86,7 +178,7 @@ impl IdTokenVerifier {
         &self,
         endpoints: &Endpoints,
         id_token: &str,
-        nonce: Option<&str>,
+        expected: Expected<'_>,
     ) -> Result<IdTokenClaims, IdTokenError> {
         let (Some(issuer), Some(jwks_url)) = (&endpoints.issuer, &endpoints.jwks_url) else {
             return Err(IdTokenError::NotConfigured);
@@ -106,6 +198,14 @@ impl IdTokenVerifier {
             return Err(IdTokenError::Algorithm);
         }
         let jwk = self.key(jwks_url, header.kid.as_deref()).await?;
+        // A key that states its algorithm is used with that one only.
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|stated| stated != KeyAlgorithm::from(header.alg))
+        {
+            return Err(IdTokenError::Algorithm);
+        }
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| IdTokenError::UnknownKey)?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[issuer.as_str(), issuer.trim_end_matches('/')]);
@@ -122,31 +222,93 @@ impl IdTokenVerifier {
                 _ => IdTokenError::Malformed,
             })?
             .claims;
-        if let Some(expected) = nonce {
-            if claims.nonce.as_deref() != Some(expected) {
+        // OIDC Core §3.1.3.7: with several audiences, azp must name this client.
+        let several = matches!(&claims.aud, Audience::Many(aud) if aud.len() > 1);
+        if (several && claims.azp.is_none())
+            || claims
+                .azp
+                .as_ref()
+                .is_some_and(|azp| *azp != self.client_id)
+        {
+            return Err(IdTokenError::AuthorizedParty);
+        }
+        if let Expected::CodeExchange { nonce, sub } = expected {
+            if claims.nonce.as_deref() != nonce {
                 return Err(IdTokenError::Nonce);
+            }
+            if sub.is_some_and(|sub| sub != claims.sub) {
+                return Err(IdTokenError::Subject);
             }
         }
         Ok(claims)
     }
 
-    /// The key `kid` names, from the cached JWKS or, when it is not there,
-    /// from one fresh fetch (the provider may have rotated its keys).
+    /// Forgets the cached keys, so the next token fetches them again.
+    pub async fn forget_keys(&self) {
+        *self.jwks.write().await = JwksCache::default();
+    }
+
+    /// The key `kid` names, from the cached JWKS while its max-age lasts,
+    /// or from a fresh fetch.
     async fn key(&self, jwks_url: &Url, kid: Option<&str>) -> Result<Jwk, IdTokenError> {
-        if let Some(jwks) = self.jwks.read().await.as_ref() {
-            if let Some(jwk) = find_key(jwks, kid) {
-                return Ok(jwk.clone());
-            }
+        let lookup = |cache: &JwksCache| cache.lookup(kid, self.refetch_interval, Instant::now());
+        match lookup(&*self.jwks.read().await) {
+            Lookup::Found(jwk) => return Ok(*jwk),
+            Lookup::Unknown => return Err(IdTokenError::UnknownKey),
+            Lookup::Fetch | Lookup::Refetch => {}
+        }
+        // Fetches one at a time: whoever waited finds the keys just fetched.
+        let mut cache = self.jwks.write().await;
+        match lookup(&cache) {
+            Lookup::Found(jwk) => return Ok(*jwk),
+            Lookup::Unknown => return Err(IdTokenError::UnknownKey),
+            Lookup::Fetch => {}
+            // Counted when tried, so a failing JWKS endpoint is not hammered either.
+            Lookup::Refetch => cache.last_refetch = Some(Instant::now()),
         }
         let fresh = self.fetch(jwks_url).await.map_err(IdTokenError::Jwks)?;
-        let found = find_key(&fresh, kid).cloned();
-        *self.jwks.write().await = Some(fresh);
+        let found = find_key(&fresh.keys, kid).cloned();
+        cache.current = Some(fresh);
         found.ok_or(IdTokenError::UnknownKey)
     }
 
-    async fn fetch(&self, jwks_url: &Url) -> Result<JwkSet, ProviderError> {
-        self.upstream.get_json(jwks_url, "jwks").await
+    async fn fetch(&self, jwks_url: &Url) -> Result<FetchedJwks, ProviderError> {
+        self.upstream
+            .call(Replay::Safe, || async {
+                let request = self.upstream.client.get(jwks_url.clone());
+                let answer = self.upstream.send(request, "jwks").await?;
+                if !answer.is_success() {
+                    return Err(answer.unexpected());
+                }
+                Ok(FetchedJwks {
+                    keys: answer.json()?,
+                    fetched_at: Instant::now(),
+                    max_age: max_age(&answer.headers),
+                })
+            })
+            .await
     }
+}
+
+/// How long a JWKS answer may be cached: its `Cache-Control: max-age`;
+/// nothing with `no-cache` or `no-store`; an hour when it says neither.
+fn max_age(headers: &HeaderMap) -> Duration {
+    let mut max_age = None;
+    let directives = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|directive| directive.trim().to_ascii_lowercase());
+    for directive in directives {
+        if directive == "no-cache" || directive == "no-store" {
+            return Duration::ZERO;
+        }
+        if let Some(Ok(secs)) = directive.strip_prefix("max-age=").map(str::parse) {
+            max_age = Some(Duration::from_secs(secs));
+        }
+    }
+    max_age.unwrap_or(DEFAULT_JWKS_MAX_AGE)
 }
 
 /// The key a JWT header's `kid` names; without a `kid`, the only key.
@@ -155,5 +317,75 @@ pub fn find_key<'a>(jwks: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {
         Some(kid) => jwks.find(kid),
         None if jwks.keys.len() == 1 => jwks.keys.first(),
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cache_control: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in cache_control {
+            headers.append(CACHE_CONTROL, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_jwks_lifetime_is_its_max_age_or_an_hour() {
+        let secs = |values: &[&str]| max_age(&headers(values)).as_secs();
+        assert_eq!(secs(&["max-age=120"]), 120);
+        assert_eq!(secs(&["public, Max-Age=60, must-revalidate"]), 60);
+        assert_eq!(secs(&["public", "max-age=30"]), 30);
+        assert_eq!(secs(&["max-age=60, no-cache"]), 0);
+        assert_eq!(secs(&["no-store"]), 0);
+        assert_eq!(secs(&[]), 3600);
+        assert_eq!(secs(&["max-age=soon"]), 3600);
+    }
+
+    #[test]
+    fn an_unknown_kid_refetches_at_most_once_per_interval_and_a_stale_jwks_always() {
+        let key = crate::provider::SigningKey::generate(crate::provider::SigningAlgorithm::ES256)
+            .unwrap()
+            .0
+            .public_jwk();
+        let kid = key.common.key_id.clone().unwrap();
+        let start = Instant::now();
+        let interval = Duration::from_secs(30);
+        let mut cache = JwksCache {
+            current: Some(FetchedJwks {
+                keys: JwkSet { keys: vec![key] },
+                fetched_at: start,
+                max_age: Duration::from_secs(300),
+            }),
+            last_refetch: None,
+        };
+        let at = |secs| start + Duration::from_secs(secs);
+        assert!(matches!(
+            cache.lookup(Some(&kid), interval, at(10)),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            cache.lookup(Some("new"), interval, at(10)),
+            Lookup::Refetch
+        ));
+        cache.last_refetch = Some(at(10));
+        assert!(matches!(
+            cache.lookup(Some("new"), interval, at(39)),
+            Lookup::Unknown
+        ));
+        assert!(matches!(
+            cache.lookup(Some("new"), interval, at(40)),
+            Lookup::Refetch
+        ));
+        assert!(matches!(
+            cache.lookup(Some(&kid), interval, at(300)),
+            Lookup::Fetch
+        ));
+        assert!(matches!(
+            JwksCache::default().lookup(Some(&kid), interval, at(0)),
+            Lookup::Fetch
+        ));
     }
 }

@@ -21,7 +21,7 @@ pub use client_auth::{ClientAuth, random_hex};
 pub use discovery::Endpoints;
 pub use error::ProviderError;
 pub use http::MAX_BODY_BYTES;
-pub use id_token::{IdTokenClaims, IdTokenError, find_key};
+pub use id_token::{Expected, IdTokenClaims, IdTokenError, find_key};
 pub use signing::{KeyError, SigningAlgorithm, SigningKey};
 pub use token::{Grant, TokenResponse};
 
@@ -34,7 +34,7 @@ use http::Upstream;
 use id_token::IdTokenVerifier;
 use resilience::{Breaker, BreakerPolicy, RetryPolicy};
 pub use scim::ScimClient;
-use token::TokenEndpoint;
+use token::{ExpiryRules, TokenEndpoint};
 
 /// The scope Moneyhub requires for creating SCIM users.
 pub const SCIM_WRITE_SCOPE: &str = "scim_user:write";
@@ -86,6 +86,8 @@ impl Provider {
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .connect_timeout(Duration::from_millis(config.request_timeout_ms.min(5_000)))
             .user_agent(concat!("bankauth/", env!("CARGO_PKG_VERSION")))
+            // A 307/308 would re-post secrets, codes and refresh tokens wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 ConfigError::invalid(&key, format!("cannot build the HTTP client: {e}"))
@@ -148,8 +150,11 @@ impl Provider {
                 upstream: upstream.clone(),
                 client_id: config.client_id.clone(),
                 auth,
-                expiry_field: config.expiry_field.unwrap_or(ExpiryField::Auto),
-                default_lifetime: Duration::from_secs(config.default_token_lifetime_secs),
+                expiry: ExpiryRules {
+                    field: config.expiry_field.unwrap_or(ExpiryField::Auto),
+                    default_lifetime: Duration::from_secs(config.default_token_lifetime_secs),
+                    max_lifetime: Duration::from_secs(config.max_token_lifetime_secs),
+                },
             },
             // SCIM has a breaker of its own, so a SCIM outage does not stop
             // token issuance; an identity outage stops SCIM anyway, as every
@@ -166,6 +171,7 @@ impl Provider {
             id_tokens: IdTokenVerifier {
                 upstream: upstream.clone(),
                 client_id: config.client_id.clone(),
+                refetch_interval: Duration::from_millis(config.jwks_refetch_interval_ms),
                 jwks: Default::default(),
             },
             upstream,
@@ -201,8 +207,11 @@ impl Provider {
         self.endpoints.read().expect("endpoints lock").clone()
     }
 
-    /// Re-runs discovery; on failure the endpoints in use are kept.
+    /// Re-runs discovery; on failure the endpoints in use are kept. The
+    /// cached JWKS is dropped either way, so a key the provider removed is
+    /// no longer trusted.
     pub async fn rediscover(&self) -> Result<(), ProviderError> {
+        self.id_tokens.forget_keys().await;
         let endpoints = discovery::resolve(&self.upstream, &self.config).await?;
         *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints);
         Ok(())
@@ -250,10 +259,10 @@ impl Provider {
     pub async fn verify_id_token(
         &self,
         id_token: &str,
-        nonce: Option<&str>,
+        expected: Expected<'_>,
     ) -> Result<IdTokenClaims, IdTokenError> {
         self.id_tokens
-            .verify(&self.endpoints(), id_token, nonce)
+            .verify(&self.endpoints(), id_token, expected)
             .await
     }
 

@@ -66,6 +66,11 @@ fn retryable(error: &ProviderError, replay: Replay) -> bool {
         ProviderError::Unavailable {
             status: Some(503), ..
         } => true,
+        // A redirect (never followed) answers the same way every time.
+        ProviderError::Unavailable {
+            status: Some(300..=399),
+            ..
+        } => false,
         ProviderError::Unavailable { .. } => replay == Replay::Safe,
         ProviderError::OAuth { error, .. } => {
             // RFC 6749 §5.2 errors are final, but for these two, which say

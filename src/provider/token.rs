@@ -50,8 +50,18 @@ pub struct TokenEndpoint {
     pub(super) upstream: Upstream,
     pub(super) client_id: String,
     pub(super) auth: ClientAuth,
-    pub(super) expiry_field: ExpiryField,
-    pub(super) default_lifetime: Duration,
+    pub(super) expiry: ExpiryRules,
+}
+
+/// How a token response's expiry is read.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpiryRules {
+    /// Which response field(s) to read.
+    pub field: ExpiryField,
+    /// When a response carries no expiry at all.
+    pub default_lifetime: Duration,
+    /// Longer is a misread expiry (milliseconds, say), not a token to cache.
+    pub max_lifetime: Duration,
 }
 
 impl TokenEndpoint {
@@ -97,13 +107,7 @@ impl TokenEndpoint {
             Grant::ClientCredentials { scopes, .. } => Some(*scopes),
             _ => None,
         };
-        parse_token_answer(
-            &answer,
-            sent_at,
-            requested,
-            self.expiry_field,
-            self.default_lifetime,
-        )
+        parse_token_answer(&answer, sent_at, requested, self.expiry)
     }
 
     /// The form body and, for Basic authentication, the header value.
@@ -200,8 +204,7 @@ fn parse_token_answer(
     answer: &Answer,
     sent_at: i64,
     requested: Option<&ScopeSet>,
-    expiry_field: ExpiryField,
-    default_lifetime: Duration,
+    rules: ExpiryRules,
 ) -> Result<TokenResponse, ProviderError> {
     if answer.status == 429 {
         return Err(answer.rate_limited(ErrorBody::parse(&answer.body).map(|e| e.error)));
@@ -227,11 +230,17 @@ fn parse_token_answer(
             "the token response has an empty access_token",
         ));
     }
-    let expires_at = expiry(&body, sent_at, expiry_field, default_lifetime);
+    let expires_at = expiry(&body, sent_at, rules);
     if expires_at <= OffsetDateTime::now_utc().unix_timestamp() {
         return Err(ProviderError::unavailable(
             "the provider issued a token that has already expired",
         ));
+    }
+    let max = rules.max_lifetime.as_secs();
+    if expires_at.saturating_sub(sent_at) as u64 > max {
+        return Err(ProviderError::unavailable(format!(
+            "the provider issued a token living longer than max_token_lifetime_secs ({max} s); is its expiry in milliseconds?"
+        )));
     }
     let granted = body
         .scope
@@ -251,29 +260,34 @@ fn parse_token_answer(
     })
 }
 
-/// The token's expiry in Unix seconds: `expires_in` (from `sent_at`) or
-/// `expires_at` as `field` says (with `Auto`, whichever is present, the
-/// earlier if both); else the access token's own JWT `exp`; else the
-/// configured default lifetime.
-fn expiry(body: &TokenBody, sent_at: i64, field: ExpiryField, default_lifetime: Duration) -> i64 {
-    let relative = || {
-        body.expires_in
-            .as_ref()
-            .and_then(as_seconds)
-            .map(|secs| sent_at.saturating_add(secs))
+/// The token's expiry in Unix seconds. Its lifetime comes from
+/// `expires_in` or else the access token's JWT `exp − iat`, counted from
+/// `sent_at` on our clock, since the provider's may run ahead; `expires_at`
+/// (on the provider's clock) only caps it, and is used alone only when
+/// nothing relative is given; then the JWT's bare `exp`; then the default.
+/// `rules.field` says which of `expires_in` and `expires_at` are read.
+fn expiry(body: &TokenBody, sent_at: i64, rules: ExpiryRules) -> i64 {
+    let read = |value: &Option<serde_json::Value>| value.as_ref().and_then(as_seconds);
+    let (expires_in, expires_at) = match rules.field {
+        ExpiryField::ExpiresIn => (read(&body.expires_in), None),
+        ExpiryField::ExpiresAt => (None, read(&body.expires_at)),
+        ExpiryField::Auto => (read(&body.expires_in), read(&body.expires_at)),
     };
-    let absolute = || body.expires_at.as_ref().and_then(as_seconds);
-    let stated = match field {
-        ExpiryField::ExpiresIn => relative(),
-        ExpiryField::ExpiresAt => absolute(),
-        ExpiryField::Auto => match (relative(), absolute()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        },
-    };
-    stated
-        .or_else(|| jwt_exp(&body.access_token))
-        .unwrap_or_else(|| sent_at.saturating_add(default_lifetime.as_secs() as i64))
+    let jwt = jwt_times(&body.access_token);
+    let lifetime = expires_in.or_else(|| {
+        jwt.as_ref()
+            .and_then(|jwt| Some(jwt.exp.saturating_sub(jwt.iat?)))
+    });
+    match (lifetime, expires_at) {
+        (Some(lifetime), cap) => {
+            let relative = sent_at.saturating_add(lifetime);
+            cap.map_or(relative, |cap| relative.min(cap))
+        }
+        (None, Some(expires_at)) => expires_at,
+        (None, None) => jwt
+            .map(|jwt| jwt.exp)
+            .unwrap_or_else(|| sent_at.saturating_add(rules.default_lifetime.as_secs() as i64)),
+    }
 }
 
 /// Seconds as a JSON number or numeric string (some providers quote them).
@@ -285,16 +299,17 @@ fn as_seconds(value: &serde_json::Value) -> Option<i64> {
     }
 }
 
-/// Reads `exp` from a JWT access token without verifying it: the provider
-/// just handed it to us over TLS, and we only want its lifetime.
-fn jwt_exp(token: &str) -> Option<i64> {
-    #[derive(Deserialize)]
-    struct Exp {
-        exp: i64,
-    }
-    jsonwebtoken::dangerous::insecure_decode_claims::<Exp>(token)
-        .ok()
-        .map(|claims| claims.exp)
+/// A JWT access token's `exp` and `iat`.
+#[derive(Deserialize)]
+struct JwtTimes {
+    exp: i64,
+    iat: Option<i64>,
+}
+
+/// Reads `exp` and `iat` from a JWT access token without verifying it: the
+/// provider just handed it to us over TLS, and we only want its lifetime.
+fn jwt_times(token: &str) -> Option<JwtTimes> {
+    jsonwebtoken::dangerous::insecure_decode_claims::<JwtTimes>(token).ok()
 }
 
 #[cfg(test)]
@@ -315,16 +330,29 @@ mod tests {
         ScopeSet::single("accounts:read")
     }
 
+    fn rules(field: ExpiryField) -> ExpiryRules {
+        ExpiryRules {
+            field,
+            default_lifetime: Duration::from_secs(7200),
+            max_lifetime: Duration::from_secs(86_400),
+        }
+    }
+
     fn parse(answer: &Answer, sent_at: i64) -> Result<AccessToken, ProviderError> {
-        parse_token_answer(answer, sent_at, Some(&scopes()), ExpiryField::Auto, DEFAULT)
+        parse_token_answer(answer, sent_at, Some(&scopes()), rules(ExpiryField::Auto))
             .map(|r| r.token)
+    }
+
+    /// An unsigned JWT carrying `claims`, as an access token.
+    fn jwt(claims: &str) -> String {
+        let payload =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims);
+        format!("eyJhbGciOiJub25lIn0.{payload}.sig")
     }
 
     fn now() -> i64 {
         OffsetDateTime::now_utc().unix_timestamp()
     }
-
-    const DEFAULT: Duration = Duration::from_secs(7200);
 
     #[test]
     fn expires_in_counts_from_the_moment_of_sending() {
@@ -346,14 +374,21 @@ mod tests {
     }
 
     #[test]
-    fn without_expiry_fields_the_jwt_exp_then_the_default_applies() {
-        let exp = now() + 500;
-        let payload = base64::Engine::encode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            format!(r#"{{"exp":{exp}}}"#),
+    fn without_expiry_fields_the_jwt_lifetime_then_its_exp_then_the_default_applies() {
+        let sent = now();
+        let ahead = sent + 600;
+        let body = format!(
+            r#"{{"access_token":"{}"}}"#,
+            jwt(&format!(r#"{{"iat":{ahead},"exp":{}}}"#, ahead + 500))
         );
-        let jwt = format!("eyJhbGciOiJub25lIn0.{payload}.sig");
-        let body = format!(r#"{{"access_token":"{jwt}"}}"#);
+        let token = parse(&answer(200, &body), sent).unwrap();
+        assert_eq!(token.expires_at, sent + 500, "exp − iat from our clock");
+
+        let exp = now() + 500;
+        let body = format!(
+            r#"{{"access_token":"{}"}}"#,
+            jwt(&format!(r#"{{"exp":{exp}}}"#))
+        );
         let token = parse(&answer(200, &body), now()).unwrap();
         assert_eq!(token.expires_at, exp);
 
@@ -424,7 +459,7 @@ mod tests {
             sent + 50
         );
         let read = |field| {
-            parse_token_answer(&answer(200, &body), sent, Some(&scopes()), field, DEFAULT)
+            parse_token_answer(&answer(200, &body), sent, Some(&scopes()), rules(field))
                 .unwrap()
                 .token
                 .expires_at
@@ -432,6 +467,53 @@ mod tests {
         assert_eq!(read(ExpiryField::ExpiresIn), sent + 100);
         assert_eq!(read(ExpiryField::ExpiresAt), sent + 50);
         assert_eq!(read(ExpiryField::Auto), sent + 50, "the earlier of the two");
+    }
+
+    #[test]
+    fn a_provider_clock_ten_minutes_ahead_is_read_by_our_clock() {
+        let sent = now();
+        let provider_now = sent + 600;
+        let access_token = jwt(&format!(
+            r#"{{"iat":{provider_now},"exp":{}}}"#,
+            provider_now + 3600
+        ));
+        let both = format!(
+            r#"{{"access_token":"{access_token}","expires_in":3600,"expires_at":{}}}"#,
+            provider_now + 3600
+        );
+        let expires_at_only = format!(
+            r#"{{"access_token":"{access_token}","expires_at":{}}}"#,
+            provider_now + 3600
+        );
+        for body in [both, expires_at_only] {
+            for field in [ExpiryField::Auto, ExpiryField::ExpiresAt] {
+                let parsed =
+                    parse_token_answer(&answer(200, &body), sent, None, rules(field)).unwrap();
+                assert_eq!(parsed.token.expires_at, sent + 3600, "{field:?} {body}");
+            }
+        }
+        // A provider clock behind ours: its expires_at is the earlier, and caps.
+        let behind = format!(
+            r#"{{"access_token":"t","expires_in":3600,"expires_at":{}}}"#,
+            sent - 600 + 3600
+        );
+        assert_eq!(
+            parse(&answer(200, &behind), sent).unwrap().expires_at,
+            sent + 3000
+        );
+    }
+
+    #[test]
+    fn an_expires_at_in_milliseconds_is_a_clear_error() {
+        let millis = (now() + 3600) * 1000;
+        let body = format!(r#"{{"access_token":"t","expires_at":{millis}}}"#);
+        let error = parse(&answer(200, &body), now()).unwrap_err();
+        assert!(
+            matches!(&error, ProviderError::Unavailable { reason, .. } if reason.contains("max_token_lifetime_secs")),
+            "{error:?}"
+        );
+        let body = format!(r#"{{"access_token":"t","expires_in":{}}}"#, 3600 * 1000);
+        assert!(parse(&answer(200, &body), now()).is_err());
     }
 
     /// JSON-ish bodies: real field names with values of any type, truncated
@@ -490,14 +572,14 @@ mod tests {
                 engine.encode(&parts[1])
             };
             let token = format!("{}.{payload}.{}", engine.encode(&parts[0]), engine.encode(&parts[2]));
-            let read = jwt_exp(&token);
+            let read = jwt_times(&token).map(|times| times.exp);
             if well_formed_payload {
                 proptest::prop_assert!(read.is_none() || read == Some(exp));
             }
         }
 
         /// Whatever a token endpoint answers, the parser returns a token or
-        /// an error; it never panics.
+        /// an error; it never panics, and a token never outlives the maximum.
         #[test]
         fn any_token_endpoint_answer_parses_without_panicking(
             status in 100u16..600,
@@ -509,9 +591,11 @@ mod tests {
                 body,
             };
             for field in [ExpiryField::Auto, ExpiryField::ExpiresIn, ExpiryField::ExpiresAt] {
-                if let Ok(parsed) = parse_token_answer(&answer, now(), None, field, DEFAULT) {
+                let sent = now();
+                if let Ok(parsed) = parse_token_answer(&answer, sent, None, rules(field)) {
                     proptest::prop_assert!(!parsed.token.access_token.is_empty());
-                    proptest::prop_assert!(parsed.token.expires_at > now() - 1);
+                    proptest::prop_assert!(parsed.token.expires_at > sent - 1);
+                    proptest::prop_assert!(parsed.token.expires_at <= sent + 86_400);
                 }
             }
         }

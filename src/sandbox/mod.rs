@@ -50,6 +50,8 @@ pub enum ExpiryField {
     ExpiresIn,
     /// `expires_at`, epoch seconds (as Moneyhub's examples show).
     ExpiresAt,
+    /// Both `expires_in` and `expires_at`.
+    Both,
 }
 
 /// A failure the sandbox serves instead of its normal answer.
@@ -80,6 +82,11 @@ pub enum IdTokenFault {
     Audience(&'static str),
     /// Signed with a key the JWKS does not publish.
     UnpublishedKey,
+    /// `aud` names the client and `other`, with this `azp` (if any).
+    ExtraAudience {
+        other: &'static str,
+        azp: Option<&'static str>,
+    },
 }
 
 /// The sandbox endpoints faults can target.
@@ -149,6 +156,11 @@ struct State {
     faults: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
     id_token_faults: Mutex<VecDeque<IdTokenFault>>,
     token_requests: AtomicU64,
+    jwks_requests: AtomicU64,
+    /// `Cache-Control: max-age` of JWKS answers, when set.
+    jwks_max_age: Mutex<Option<u64>>,
+    /// The `alg` the JWKS states for the signing key, when not its own.
+    jwks_stated_alg: Mutex<Option<&'static str>>,
     scim_requests: AtomicU64,
     moneykit_requests: AtomicU64,
     /// `traceparent` headers received, to check trace propagation.
@@ -217,6 +229,9 @@ impl Sandbox {
             faults: Mutex::default(),
             id_token_faults: Mutex::default(),
             token_requests: AtomicU64::new(0),
+            jwks_requests: AtomicU64::new(0),
+            jwks_max_age: Mutex::default(),
+            jwks_stated_alg: Mutex::default(),
             scim_requests: AtomicU64::new(0),
             moneykit_requests: AtomicU64::new(0),
             traceparents: Mutex::default(),
@@ -296,6 +311,21 @@ impl Sandbox {
     /// Requests received at the token endpoint, failed ones included.
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests received at the JWKS endpoint.
+    pub fn jwks_requests(&self) -> u64 {
+        self.state.jwks_requests.load(Ordering::SeqCst)
+    }
+
+    /// Makes JWKS answers carry `Cache-Control: max-age=<seconds>` (none: no header).
+    pub fn set_jwks_max_age(&self, seconds: Option<u64>) {
+        *self.state.jwks_max_age.lock().expect("jwks lock") = seconds;
+    }
+
+    /// Makes the JWKS state `alg` for the signing key, which still signs with its own.
+    pub fn misstate_jwks_alg(&self, alg: &'static str) {
+        *self.state.jwks_stated_alg.lock().expect("jwks lock") = Some(alg);
     }
 
     /// Requests received at the SCIM endpoints, failed ones included.

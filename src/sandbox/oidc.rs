@@ -38,8 +38,20 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
     }))
 }
 
-pub async fn jwks(AxumState(state): AxumState<Arc<State>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "keys": [state.signing_key().public_jwk()] }))
+pub async fn jwks(AxumState(state): AxumState<Arc<State>>) -> Response {
+    state.jwks_requests.fetch_add(1, Ordering::SeqCst);
+    let mut jwk = serde_json::to_value(state.signing_key().public_jwk()).unwrap_or_default();
+    if let Some(alg) = *state.jwks_stated_alg.lock().expect("jwks lock") {
+        jwk["alg"] = alg.into();
+    }
+    let mut response = Json(serde_json::json!({ "keys": [jwk] })).into_response();
+    if let Some(secs) = *state.jwks_max_age.lock().expect("jwks lock") {
+        let value = format!("public, max-age={secs}");
+        if let Ok(value) = value.parse() {
+            response.headers_mut().insert(header::CACHE_CONTROL, value);
+        }
+    }
+    response
 }
 
 /// An authorization code awaiting exchange.
@@ -381,7 +393,9 @@ struct IdToken<'a> {
 struct IdTokenClaims<'a> {
     iss: &'a str,
     sub: &'a str,
-    aud: &'a str,
+    aud: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    azp: Option<&'a str>,
     iat: i64,
     exp: i64,
     auth_time: i64,
@@ -433,6 +447,10 @@ fn issue(
     match expiry_field {
         ExpiryField::ExpiresIn => body["expires_in"] = lifetime.into(),
         ExpiryField::ExpiresAt => body["expires_at"] = (now + lifetime).into(),
+        ExpiryField::Both => {
+            body["expires_in"] = lifetime.into();
+            body["expires_at"] = (now + lifetime).into();
+        }
     }
     if let Some(id_token) = id_token {
         let fault = state
@@ -440,14 +458,18 @@ fn issue(
             .lock()
             .expect("fault lock")
             .pop_front();
-        let audience = match &fault {
-            Some(IdTokenFault::Audience(other)) => other,
-            _ => client_id,
+        let (audience, azp) = match &fault {
+            Some(IdTokenFault::Audience(other)) => ((*other).into(), None),
+            Some(IdTokenFault::ExtraAudience { other, azp }) => {
+                (serde_json::json!([client_id, other]), *azp)
+            }
+            _ => (client_id.into(), None),
         };
         let claims = IdTokenClaims {
             iss: state.issuer.as_str(),
             sub,
             aud: audience,
+            azp,
             iat: now,
             exp: now + lifetime,
             auth_time: now,

@@ -8,7 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
-use crate::helpers::{TestApp, authorization_code, error_info, spawn_app};
+use crate::helpers::{
+    TestApp, authorization_code, error_info, spawn_app, spawn_app_with, start_upstream,
+};
 
 const REDIRECT_URI: &str = "https://app.example.com/callback";
 const VERIFIER: &str = "dBjftJeZ4CVP-mJ92K9lZ2rd5O_tL0eWeWXnN0ZD1TbZLcZ5eL8gQSwV";
@@ -269,4 +271,108 @@ async fn exchange_inputs_are_validated_before_spending_the_code() {
         assert_eq!(error_info(&status).metadata["field"], field);
     }
     assert_eq!(app.sandbox().token_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_request_without_a_nonce_refuses_an_id_token_carrying_one() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    let mut request = exchange(&code);
+    request.nonce = String::new();
+    assert_id_token_check(&exchange_status(&mut app, request).await, "nonce");
+}
+
+#[tokio::test]
+async fn an_id_token_for_another_user_than_the_request_names_fails_the_sub_check() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    let mut request = exchange(&code);
+    request.sub = "someone-else".into();
+    assert_id_token_check(&exchange_status(&mut app, request).await, "sub");
+}
+
+#[tokio::test]
+async fn an_id_token_with_several_audiences_needs_an_azp_naming_this_client() {
+    let mut app = spawn_app().await;
+    for azp in [None, Some("another-client")] {
+        let code = code_for(&app, "someone").await;
+        app.sandbox()
+            .fault_next_id_token(IdTokenFault::ExtraAudience {
+                other: "another-client",
+                azp,
+            });
+        assert_id_token_check(&exchange_status(&mut app, exchange(&code)).await, "azp");
+    }
+    let code = code_for(&app, "someone").await;
+    app.sandbox()
+        .fault_next_id_token(IdTokenFault::ExtraAudience {
+            other: "another-client",
+            azp: Some(bankauth::demo::DEMO_CLIENT_ID),
+        });
+    app.client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_key_stating_its_algorithm_verifies_only_tokens_signed_with_it() {
+    let mut app = spawn_app().await;
+    // The sandbox signs ES256; its JWKS now says the key is for ES384.
+    app.sandbox().misstate_jwks_alg("ES384");
+    let code = code_for(&app, "someone").await;
+    assert_id_token_check(&exchange_status(&mut app, exchange(&code)).await, "alg");
+}
+
+#[tokio::test]
+async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        c.providers
+            .get_mut("sandbox")
+            .unwrap()
+            .jwks_refetch_interval_ms = 60_000;
+    })
+    .await;
+    let code = code_for(&app, "someone").await;
+    app.client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap();
+    assert_eq!(app.sandbox().jwks_requests(), 1);
+    for _ in 0..3 {
+        let code = code_for(&app, "someone").await;
+        app.sandbox()
+            .fault_next_id_token(IdTokenFault::UnpublishedKey);
+        assert_id_token_check(&exchange_status(&mut app, exchange(&code)).await, "kid");
+    }
+    assert_eq!(
+        app.sandbox().jwks_requests(),
+        2,
+        "one refetch for three unknown kids"
+    );
+}
+
+#[tokio::test]
+async fn the_jwks_is_fetched_again_once_its_max_age_has_passed() {
+    let mut app = spawn_app().await;
+    app.sandbox().set_jwks_max_age(Some(3));
+    for _ in 0..2 {
+        let code = code_for(&app, "someone").await;
+        app.client
+            .exchange_authorization_code(exchange(&code))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        app.sandbox().jwks_requests(),
+        1,
+        "cached within its max-age"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    let code = code_for(&app, "someone").await;
+    app.client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap();
+    assert_eq!(app.sandbox().jwks_requests(), 2, "fetched again after it");
 }

@@ -20,7 +20,8 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStderr, Command};
 
 use crate::helpers::{
-    RedisServer, TestCa, new_user, serve_binary, start_upstream, write_client_key,
+    RedisServer, TestCa, authorization_code, new_user, serve_binary, start_upstream,
+    write_client_key,
 };
 use bankauth::sandbox::{Endpoint, Fault};
 
@@ -140,6 +141,47 @@ async fn serve_reloads_discovery_on_sighup_and_exits_cleanly_on_sigterm() {
         .expect("bankauth exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn sighup_drops_the_cached_jwks_so_removed_keys_stop_being_trusted() {
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &upstream, "");
+    let (child, mut lines) = serve_binary(&config, &[]);
+    let addr = listening_addr(&mut lines).await;
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut exchange = async || {
+        let code = authorization_code(
+            &upstream,
+            &[
+                ("redirect_uri", "https://app.example.com/cb"),
+                ("nonce", "n"),
+            ],
+        )
+        .await;
+        client
+            .exchange_authorization_code(bankauth::proto::v1::ExchangeAuthorizationCodeRequest {
+                provider: String::new(),
+                code,
+                redirect_uri: "https://app.example.com/cb".into(),
+                code_verifier: String::new(),
+                nonce: "n".into(),
+                sub: String::new(),
+            })
+            .await
+            .unwrap();
+    };
+    exchange().await;
+    exchange().await;
+    assert_eq!(upstream.sandbox.jwks_requests(), 1);
+
+    signal(child.id().unwrap(), "HUP");
+    wait_for(&mut lines, "endpoints reloaded").await;
+    exchange().await;
+    assert_eq!(upstream.sandbox.jwks_requests(), 2);
 }
 
 /// An OTLP trace receiver (gRPC or HTTP), as a collector would run one.

@@ -499,6 +499,28 @@ async fn a_provider_clock_minutes_off_does_not_change_how_long_tokens_are_served
     }
 }
 
+#[tokio::test]
+async fn a_provider_clock_ten_minutes_ahead_does_not_lengthen_how_long_tokens_are_served() {
+    let mut app = spawn_app().await;
+    let users = app.sandbox().seed_users(2);
+    app.sandbox().set_clock_skew(600);
+    for (user, field) in users
+        .iter()
+        .zip([ExpiryField::ExpiresAt, ExpiryField::Both])
+    {
+        app.sandbox().set_expiry_field(field);
+        let issued = app.widget_token(user).await.unwrap();
+        // The lifetime (the JWT's exp − iat, or expires_in) counts from our
+        // clock; the provider's expires_at, 10 minutes later, only caps it.
+        let expires = issued.expire_time.unwrap().seconds;
+        let hour_from_now = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        assert!(
+            (hour_from_now - 10..=hour_from_now).contains(&expires),
+            "{field:?}: expires at {expires}, an hour from now is {hour_from_now}"
+        );
+    }
+}
+
 /// Redis first hangs (SIGSTOP: every command waits out the Redis timeout),
 /// then dies and comes back empty; callers keep being served throughout.
 #[tokio::test]

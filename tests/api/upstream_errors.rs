@@ -3,12 +3,18 @@
 //! circuit breaker are off here (see `resilience` for those), so each
 //! injected fault is what the caller sees.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use axum::http::header::LOCATION;
+use axum::response::{IntoResponse, Response};
 use bankauth::config::Config;
 use bankauth::proto::v1 as pb;
 use bankauth::provider::{SigningAlgorithm, SigningKey};
 use bankauth::sandbox::{Endpoint, Fault, RegisteredClient, SandboxOptions, client_jwks};
+use bankauth::server::Application;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -242,5 +248,119 @@ async fn an_unknown_user_is_refused_by_the_provider() {
     assert_eq!(
         error_info(&status).metadata["upstream_error"],
         "invalid_request"
+    );
+}
+
+/// A loopback token endpoint answering every request with `answer()`;
+/// returns its URL and how many requests it received.
+async fn token_endpoint(
+    answer: impl Fn() -> Response + Clone + Send + Sync + 'static,
+) -> (url::Url, Arc<AtomicU64>) {
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move || async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            answer()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test]
+async fn a_redirect_from_the_token_endpoint_is_not_followed_nor_retried() {
+    let upstream = start_upstream().await;
+    let sandbox_token_url = upstream.sandbox.issuer().join("oidc/token").unwrap();
+    let (token_url, received) = token_endpoint(move || {
+        let location = [(LOCATION, sandbox_token_url.to_string())];
+        (StatusCode::TEMPORARY_REDIRECT, location).into_response()
+    })
+    .await;
+    let mut app = spawn_app_with(upstream, |c| {
+        c.providers.get_mut("sandbox").unwrap().token_url = Some(token_url);
+    })
+    .await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    let status = app.widget_token(&user).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("redirect, which bankauth does not follow"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(error_info(&status).metadata["upstream_error"], "http_307");
+    assert_eq!(
+        app.sandbox().token_requests(),
+        0,
+        "the redirect's target received nothing"
+    );
+    assert_eq!(received.load(Ordering::SeqCst), 1, "not retried");
+}
+
+#[tokio::test]
+async fn a_discovered_http_endpoint_off_loopback_stops_startup() {
+    let upstream = start_upstream().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer: url::Url = format!("http://{}/oidc", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let document = serde_json::json!({
+        "issuer": issuer.as_str(),
+        "token_endpoint": "http://identity.example.com/oidc/token",
+        "jwks_uri": format!("{issuer}/certs"),
+    });
+    let app = axum::Router::new().route(
+        "/oidc/.well-known/openid-configuration",
+        axum::routing::get(move || async move { axum::Json(document) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut config = upstream.config("127.0.0.1:0".parse().unwrap());
+    config.providers.get_mut("sandbox").unwrap().issuer = Some(issuer);
+    let error = match Application::build(config.clone()).await {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("startup accepted an http:// token endpoint"),
+    };
+    assert!(error.contains("providers.sandbox.issuer"), "{error}");
+    assert!(error.contains("token_endpoint is http://"), "{error}");
+    assert!(error.contains("allow_insecure_http"), "{error}");
+
+    config
+        .providers
+        .get_mut("sandbox")
+        .unwrap()
+        .allow_insecure_http = true;
+    assert!(Application::build(config).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_expiry_in_milliseconds_is_unavailable_saying_so() {
+    let (token_url, _) = token_endpoint(|| {
+        let millis = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
+        let body = serde_json::json!({"access_token": "opaque", "expires_at": millis});
+        axum::Json(body).into_response()
+    })
+    .await;
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        without_retries(c);
+        c.providers.get_mut("sandbox").unwrap().token_url = Some(token_url);
+    })
+    .await;
+    let status = app.widget_token("u1").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("longer than max_token_lifetime_secs"),
+        "{}",
+        status.message()
     );
 }
