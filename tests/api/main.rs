@@ -6,6 +6,7 @@ mod code_exchange;
 mod examples;
 mod grpcurl;
 mod helpers;
+mod interop;
 mod operations;
 mod process;
 mod providers;
