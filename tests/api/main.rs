@@ -11,6 +11,7 @@ mod operations;
 mod process;
 mod providers;
 mod redis_modes;
+mod replicas;
 mod resilience;
 mod server;
 mod stampede;

@@ -14,13 +14,13 @@ use crate::helpers::{
 };
 
 /// Three masters, no replicas, the 16384 slots split between them.
-struct RedisCluster {
+pub struct RedisCluster {
     nodes: Vec<(Child, u16)>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<(Child, u16)> = (0..3)
             .map(|i| {
@@ -65,7 +65,7 @@ impl RedisCluster {
         cluster
     }
 
-    fn urls(&self) -> Vec<SecretString> {
+    pub fn urls(&self) -> Vec<SecretString> {
         self.nodes
             .iter()
             .map(|(_, port)| SecretString::from(format!("redis://127.0.0.1:{port}/")))
@@ -213,7 +213,7 @@ struct TlsRedis {
 const REDIS_PASSWORD: &str = "correct-horse-battery";
 
 impl TlsRedis {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path(), "ca");
         ca.issue("server", "IP:127.0.0.1");
