@@ -50,6 +50,10 @@ pub enum Error {
         #[source]
         source: IdTokenError,
     },
+    /// Redis could not be told of an invalidation, so other replicas may
+    /// still serve the token; retrying is safe.
+    #[error("the shared cache is unavailable, so other replicas may still serve this token; retry")]
+    CacheUnavailable,
     /// A bug: the shared fetch this request waited on ended without a
     /// result (it panicked). The next request starts a new fetch.
     #[error("the token fetch failed unexpectedly; retry")]
@@ -200,8 +204,11 @@ impl AuthService {
 
     /// Drops `provider`'s cached token with this SHA-256 wherever it is
     /// still the cached one; true when a copy was dropped here or in Redis.
-    pub async fn invalidate(&self, provider: &Provider, fingerprint: &str) -> bool {
-        self.cache.invalidate(provider.name(), fingerprint).await
+    pub async fn invalidate(&self, provider: &Provider, fingerprint: &str) -> Result<bool, Error> {
+        self.cache
+            .invalidate(provider.name(), fingerprint)
+            .await
+            .map_err(|_| Error::CacheUnavailable)
     }
 
     /// Exchanges an authorization code for a token set and validates its ID
@@ -369,7 +376,10 @@ impl AuthService {
         let cached = self.cache.get_token(&key, now).await;
         if let (true, Some(revoked)) = (force_refresh, &cached) {
             // Compare-and-delete, as InvalidateToken: a fresher token stays.
-            self.cache
+            // Best effort: during a Redis outage the fresh token is still
+            // fetched and served, though other replicas may keep the old one.
+            let _ = self
+                .cache
                 .invalidate(provider.name(), &fingerprint(&revoked.token.access_token))
                 .await;
         }

@@ -223,7 +223,7 @@ impl AuthServiceRpc for AuthApi {
                     .into());
                 }
             };
-            let invalidated = self.service.invalidate(&provider, &fingerprint).await;
+            let invalidated = self.service.invalidate(&provider, &fingerprint).await?;
             Ok(pb::InvalidateTokenResponse { invalidated })
         })
         .await

@@ -68,6 +68,7 @@ impl From<Error> for Status {
                 }
             }
             Error::Internal(_) => (Code::Internal, "INTERNAL_ERROR"),
+            Error::CacheUnavailable => (Code::Unavailable, "SHARED_CACHE_UNAVAILABLE"),
             Error::Provider { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 if let Some(upstream) = upstream_error(&source) {

@@ -175,6 +175,8 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
     #[error("a cached value is corrupt")]
     Corrupt,
+    #[error("the shared cache (Redis) is unavailable")]
+    Unavailable,
 }
 
 impl CacheError {
@@ -187,7 +189,8 @@ impl CacheError {
         // The TLS error reaches us only as text ("invalid peer certificate: …").
         let untrusted_certificate =
             error.kind() == redis::ErrorKind::Io && error.to_string().contains("certificate");
-        error.kind() == redis::ErrorKind::AuthenticationFailed || untrusted_certificate
+        let refused = matches!(error.code(), Some("NOAUTH" | "NOPERM" | "WRONGPASS"));
+        error.kind() == redis::ErrorKind::AuthenticationFailed || untrusted_certificate || refused
     }
 }
 
@@ -262,13 +265,16 @@ impl Cache {
         Ok(cache)
     }
 
-    /// Keeps a copy in process, for no longer than `memory_ttl` when Redis
-    /// holds the original: a replica that missed an invalidation message
-    /// serves the revoked token no longer than that.
-    fn keep_local(&self, key: &TokenKey, token: &CachedToken, ttl: Duration) {
-        let ttl = match self.redis {
-            Some(_) => ttl.min(self.memory_ttl),
-            None => ttl,
+    /// Keeps a copy in process. While Redis holds the original
+    /// (`in_redis`), for no longer than `memory_ttl`: a replica that missed
+    /// an invalidation message serves the revoked token no longer than that.
+    /// Otherwise (no Redis, or Redis is down) this copy is the cache, kept
+    /// until the token's own deadline.
+    fn keep_local(&self, key: &TokenKey, token: &CachedToken, ttl: Duration, in_redis: bool) {
+        let ttl = if in_redis {
+            ttl.min(self.memory_ttl)
+        } else {
+            ttl
         };
         if !ttl.is_zero() {
             self.memory.put_token(key, token, ttl);
@@ -285,7 +291,7 @@ impl Cache {
         }
         let shared = self.get_shared(key, now_ms).await?;
         if let Some(ttl) = shared.ttl(now_ms) {
-            self.keep_local(key, &shared, ttl);
+            self.keep_local(key, &shared, ttl, true);
         }
         Some(shared)
     }
@@ -307,13 +313,20 @@ impl Cache {
         let Some(ttl) = token.ttl(now_ms) else {
             return;
         };
-        self.keep_local(key, token, ttl);
-        if let Some(redis) = self.shared() {
-            let written = redis.put_token(key, token, ttl).await;
-            self.report(
-                written,
-                "token cache write failed; the token is served uncached",
-            );
+        self.keep_local(key, token, ttl, true);
+        let written = match self.shared() {
+            Some(redis) => {
+                let written = redis.put_token(key, token, ttl).await;
+                self.report(
+                    written,
+                    "token cache write failed; the token is kept in process",
+                )
+                .is_some()
+            }
+            None => false,
+        };
+        if !written {
+            self.keep_local(key, token, ttl, false);
         }
     }
 
@@ -333,16 +346,15 @@ impl Cache {
             return;
         };
         token.refresh_at_ms = now_ms + delay.as_millis() as i64;
-        let still_cached = match self.shared() {
+        let replaced = match self.shared() {
             Some(redis) => {
                 let replaced = redis.replace_token(key, &token, ttl).await;
                 self.report(replaced, "could not postpone a refresh in Redis")
-                    .unwrap_or(true)
             }
-            None => true,
+            None => None,
         };
-        if still_cached {
-            self.keep_local(key, &token, ttl);
+        if replaced != Some(false) {
+            self.keep_local(key, &token, ttl, replaced.is_some());
         } else {
             self.memory
                 .invalidate(&token.provider, &fingerprint(&token.token.access_token));
@@ -362,6 +374,14 @@ impl Cache {
         lock_ttl: Duration,
         now: impl Fn() -> i64,
     ) -> Fill {
+        // A fill that finished just before this one started (its caller saw
+        // the miss first) left its token here.
+        let now_ms = now();
+        if let Some(token) = self.memory.get_token(key) {
+            if token.is_servable(now_ms) && !token.needs_refresh(now_ms) {
+                return Fill::FilledByOther(token);
+            }
+        }
         let Some(redis) = self.shared() else {
             return Fill::Proceed(None);
         };
@@ -399,14 +419,16 @@ impl Cache {
             .await
             .filter(|token| !token.needs_refresh(now_ms))?;
         if let Some(ttl) = token.ttl(now_ms) {
-            self.keep_local(key, &token, ttl);
+            self.keep_local(key, &token, ttl, true);
         }
         Some(token)
     }
 
-    /// Releases a fill lock taken by [`Cache::coordinate_fill`].
+    /// Releases a fill lock taken by [`Cache::coordinate_fill`], even in
+    /// what looks like an outage: a lock left behind would hold up other
+    /// replicas' callers until it expires.
     pub async fn release(&self, lock: FillLock) {
-        if let Some(redis) = self.shared() {
+        if let Some(redis) = &self.redis {
             let released = redis.unlock(&lock.key, &lock.owner).await;
             self.report(
                 released,
@@ -417,18 +439,19 @@ impl Cache {
 
     /// Drops `provider`'s cached token with this fingerprint wherever it is
     /// still the cached one: here, in Redis, and (via pub/sub) on every
-    /// replica. Another provider's token with the same hash stays.
-    pub async fn invalidate(&self, provider: &str, fingerprint: &str) -> bool {
+    /// replica. Another provider's token with the same hash stays. True when
+    /// a copy was dropped; an error when Redis could not be told, since the
+    /// other replicas may then still serve the token.
+    pub async fn invalidate(&self, provider: &str, fingerprint: &str) -> Result<bool, CacheError> {
         let local = self.memory.invalidate(provider, fingerprint);
-        let shared = match self.shared() {
-            Some(redis) => {
-                let deleted = redis.invalidate(provider, fingerprint).await;
-                self.report(deleted, "could not invalidate in Redis")
-                    .unwrap_or(false)
-            }
-            None => false,
+        let Some(redis) = &self.redis else {
+            return Ok(local);
         };
-        local || shared
+        let deleted = redis.invalidate(provider, fingerprint).await;
+        let shared = self
+            .report(deleted, "could not invalidate in Redis")
+            .ok_or(CacheError::Unavailable)?;
+        Ok(local || shared)
     }
 
     /// Applies other replicas' invalidations to this process's tier; runs

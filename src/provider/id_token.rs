@@ -25,6 +25,9 @@ const LEEWAY_SECS: u64 = 30;
 
 /// How long a JWKS is trusted when its answer states no lifetime.
 const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
+/// The longest a JWKS is trusted without fetching it again, whatever its
+/// `max-age` says.
+const MAX_JWKS_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Which check an ID token failed. Named in the UNAUTHENTICATED status.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -149,7 +152,13 @@ impl JwksCache {
         let Some(current) = &self.current else {
             return Lookup::Fetch;
         };
-        if now.saturating_duration_since(current.fetched_at) >= current.max_age {
+        // At least the refetch interval (`no-cache` or `max-age=0` would
+        // otherwise refetch on every token), at most a day (a key the
+        // provider removed is not trusted for a year).
+        let max_age = current
+            .max_age
+            .clamp(refetch_interval, MAX_JWKS_AGE.max(refetch_interval));
+        if now.saturating_duration_since(current.fetched_at) >= max_age {
             return Lookup::Fetch;
         }
         if let Some(jwk) = find_key(&current.keys, kid) {
@@ -171,6 +180,8 @@ pub struct IdTokenVerifier {
     /// at will by sending ID tokens with made-up `kid`s.
     pub(super) refetch_interval: Duration,
     pub(super) jwks: RwLock<JwksCache>,
+    /// One fetch at a time; the cache itself stays readable meanwhile.
+    pub(super) fetching: tokio::sync::Mutex<()>,
 }
 
 impl IdTokenVerifier {
@@ -249,27 +260,47 @@ impl IdTokenVerifier {
     }
 
     /// The key `kid` names, from the cached JWKS while its max-age lasts,
-    /// or from a fresh fetch.
+    /// or from a fresh fetch. When a fetch fails, the keys fetched before
+    /// still verify (the provider's JWKS being down fails no exchange that
+    /// its last keys can check).
     async fn key(&self, jwks_url: &Url, kid: Option<&str>) -> Result<Jwk, IdTokenError> {
-        let lookup = |cache: &JwksCache| cache.lookup(kid, self.refetch_interval, Instant::now());
-        match lookup(&*self.jwks.read().await) {
+        let lookup = || async {
+            let cache = self.jwks.read().await;
+            cache.lookup(kid, self.refetch_interval, Instant::now())
+        };
+        match lookup().await {
             Lookup::Found(jwk) => return Ok(*jwk),
             Lookup::Unknown => return Err(IdTokenError::UnknownKey),
             Lookup::Fetch | Lookup::Refetch => {}
         }
         // Fetches one at a time: whoever waited finds the keys just fetched.
-        let mut cache = self.jwks.write().await;
-        match lookup(&cache) {
+        let _fetching = self.fetching.lock().await;
+        match lookup().await {
             Lookup::Found(jwk) => return Ok(*jwk),
             Lookup::Unknown => return Err(IdTokenError::UnknownKey),
             Lookup::Fetch => {}
             // Counted when tried, so a failing JWKS endpoint is not hammered either.
-            Lookup::Refetch => cache.last_refetch = Some(Instant::now()),
+            Lookup::Refetch => self.jwks.write().await.last_refetch = Some(Instant::now()),
         }
-        let fresh = self.fetch(jwks_url).await.map_err(IdTokenError::Jwks)?;
-        let found = find_key(&fresh.keys, kid).cloned();
-        cache.current = Some(fresh);
-        found.ok_or(IdTokenError::UnknownKey)
+        match self.fetch(jwks_url).await {
+            Ok(fresh) => {
+                let found = find_key(&fresh.keys, kid).cloned();
+                self.jwks.write().await.current = Some(fresh);
+                found.ok_or(IdTokenError::UnknownKey)
+            }
+            Err(error) => {
+                let mut cache = self.jwks.write().await;
+                let Some(previous) = cache.current.as_mut() else {
+                    return Err(IdTokenError::Jwks(error));
+                };
+                // Trusted for one more refetch interval, then tried again.
+                previous.fetched_at = Instant::now();
+                previous.max_age = self.refetch_interval;
+                find_key(&previous.keys, kid)
+                    .cloned()
+                    .ok_or(IdTokenError::Jwks(error))
+            }
+        }
     }
 
     async fn fetch(&self, jwks_url: &Url) -> Result<FetchedJwks, ProviderError> {

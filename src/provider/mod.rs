@@ -168,11 +168,17 @@ impl Provider {
                 base,
                 content_type: config.scim_content_type.clone(),
             }),
+            // The JWKS too: a struggling JWKS endpoint must not open the
+            // breaker that token issuance goes through.
             id_tokens: IdTokenVerifier {
-                upstream: upstream.clone(),
+                upstream: Upstream {
+                    breaker: breaker("jwks"),
+                    ..upstream.clone()
+                },
                 client_id: config.client_id.clone(),
                 refetch_interval: Duration::from_millis(config.jwks_refetch_interval_ms),
                 jwks: Default::default(),
+                fetching: Default::default(),
             },
             upstream,
             send_sub: config.send_sub(),
@@ -208,13 +214,16 @@ impl Provider {
     }
 
     /// Re-runs discovery; on failure the endpoints in use are kept. The
-    /// cached JWKS is dropped either way, so a key the provider removed is
-    /// no longer trusted.
+    /// cached JWKS is dropped either way (after the endpoints are swapped,
+    /// so it is not refilled from the old JWKS URL), and a key the provider
+    /// removed is no longer trusted.
     pub async fn rediscover(&self) -> Result<(), ProviderError> {
+        let resolved = discovery::resolve(&self.upstream, &self.config).await;
+        if let Ok(endpoints) = &resolved {
+            *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints.clone());
+        }
         self.id_tokens.forget_keys().await;
-        let endpoints = discovery::resolve(&self.upstream, &self.config).await?;
-        *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints);
-        Ok(())
+        resolved.map(drop)
     }
 
     /// Whether the provider issues tokens for a user (with `sub`).

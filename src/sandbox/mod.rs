@@ -95,6 +95,7 @@ pub enum Endpoint {
     Token,
     Scim,
     Moneykit,
+    Jwks,
 }
 
 /// Options for [`Sandbox::start`].

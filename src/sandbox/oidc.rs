@@ -40,6 +40,9 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
 
 pub async fn jwks(AxumState(state): AxumState<Arc<State>>) -> Response {
     state.jwks_requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(response) = serve_fault(&state, Endpoint::Jwks).await {
+        return response;
+    }
     let mut jwk = serde_json::to_value(state.signing_key().public_jwk()).unwrap_or_default();
     if let Some(alg) = *state.jwks_stated_alg.lock().expect("jwks lock") {
         jwk["alg"] = alg.into();

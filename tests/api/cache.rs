@@ -282,25 +282,30 @@ async fn a_provider_name_pointed_at_another_token_endpoint_does_not_reuse_its_to
 
 /// A cache on `redis` as a replica builds it, with the key the replicas share.
 async fn replica_cache(redis: &RedisServer, memory_ttl_secs: u64) -> bankauth::cache::Cache {
+    replica_cache_with(Some(redis), memory_ttl_secs).await
+}
+
+async fn replica_cache_with(
+    redis: Option<&RedisServer>,
+    memory_ttl_secs: u64,
+) -> bankauth::cache::Cache {
     use bankauth::cache::{Cache, RedisTarget, Tiers, Topology};
-    let target = RedisTarget {
+    let target = redis.map(|redis| RedisTarget {
         topology: Topology::SingleNode(redis.url()),
         ca_pem: None,
-        timeout: std::time::Duration::from_secs(1),
-    };
+        timeout: std::time::Duration::from_millis(300),
+    });
     let tiers = Tiers {
         max_entries: 100,
         memory_ttl: std::time::Duration::from_secs(memory_ttl_secs),
     };
-    Cache::connect(
-        Some(&target),
-        true,
-        redis.sealer(),
-        tiers,
-        Default::default(),
-    )
-    .await
-    .unwrap()
+    let sealer = match redis {
+        Some(redis) => redis.sealer(),
+        None => bankauth::cache::seal::Sealer::new(vec![]).unwrap(),
+    };
+    Cache::connect(target.as_ref(), false, sealer, tiers, Default::default())
+        .await
+        .unwrap()
 }
 
 fn now_ms() -> i64 {
@@ -351,7 +356,11 @@ async fn a_failed_refresh_never_writes_back_a_token_another_replica_dropped_or_r
     let key = some_key(1);
     a.put_token(&key, &cached("sandbox", "revoked"), now_ms())
         .await;
-    assert!(b.invalidate("sandbox", &sha256_hex("revoked")).await);
+    assert!(
+        b.invalidate("sandbox", &sha256_hex("revoked"))
+            .await
+            .unwrap()
+    );
     a.postpone_refresh(&key, now_ms(), delay).await;
     assert_eq!(b.get_token(&key, now_ms()).await, None);
 
@@ -441,4 +450,104 @@ fn cached_fresh(access_token: &str) -> bankauth::cache::CachedToken {
         refresh_at_ms: now_ms() + 2_000_000,
         ..cached("sandbox", access_token)
     }
+}
+
+#[tokio::test]
+async fn a_fill_lock_is_released_even_right_after_a_redis_error() {
+    let redis = RedisServer::start();
+    let holder = replica_cache(&redis, 60).await;
+    let key = some_key(6);
+    let lock_ttl = std::time::Duration::from_secs(30);
+    let bankauth::cache::Fill::Proceed(Some(lock)) =
+        holder.coordinate_fill(&key, lock_ttl, now_ms).await
+    else {
+        panic!("the replica takes the lock");
+    };
+    // The token write times out (Redis frozen), which starts an outage…
+    redis.pause();
+    holder.put_token(&key, &cached_fresh("t"), now_ms()).await;
+    redis.resume();
+    // …but the lock is released at once, not left for other replicas'
+    // callers to wait out (30 s here).
+    holder.release(lock).await;
+    let held: bool = redis
+        .client()
+        .get_connection()
+        .unwrap()
+        .exists(key.lock_name())
+        .unwrap();
+    assert!(!held, "the fill lock was left behind");
+}
+
+#[tokio::test]
+async fn a_fill_finished_just_before_another_started_is_not_repeated() {
+    for redis in [None, Some(RedisServer::start())] {
+        let cache = replica_cache_with(redis.as_ref(), 60).await;
+        let key = some_key(7);
+        // One fill cached its token; a caller that saw the miss before it
+        // finished starts the next fill: it uses that token.
+        cache
+            .put_token(&key, &cached_fresh("filled"), now_ms())
+            .await;
+        let lock_ttl = std::time::Duration::from_secs(10);
+        match cache.coordinate_fill(&key, lock_ttl, now_ms).await {
+            bankauth::cache::Fill::FilledByOther(token) => {
+                assert_eq!(token.token.access_token, "filled")
+            }
+            bankauth::cache::Fill::Proceed(_) => panic!("a second fetch for a filled key"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn during_a_redis_outage_this_replica_keeps_what_it_fetched_until_it_expires() {
+    let mut redis = RedisServer::start();
+    // memory_ttl_secs = 0: with Redis up, no copy is kept in process…
+    let cache = replica_cache(&redis, 0).await;
+    redis.kill();
+    let key = some_key(8);
+    cache
+        .put_token(&key, &cached_fresh("fetched"), now_ms())
+        .await;
+    // …but with Redis down, the in-process copy is the cache.
+    let kept = cache.get_token(&key, now_ms()).await;
+    assert_eq!(kept.map(|t| t.token.access_token), Some("fetched".into()));
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_our_credentials_stops_startup() {
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let port = free_port();
+    let _redis = KillOnDrop(crate::helpers::spawn_redis_server(&[
+        "--port",
+        &port.to_string(),
+        "--requirepass",
+        "s3cret",
+    ]));
+    let upstream = start_upstream().await;
+    let mut config = upstream.config("127.0.0.1:0".parse().unwrap());
+    // No password at all: Redis answers NOAUTH, which waiting will not fix.
+    config.cache.redis_url = Some(format!("redis://127.0.0.1:{port}/").into());
+    config.cache.encryption_keys = vec![crate::helpers::encryption_key("k1")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let error = loop {
+        match Application::build(config.clone()).await {
+            Err(error) => break error,
+            Ok(_) => {
+                // The server may not have been listening yet: that one is an outage.
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "startup succeeded against NOAUTH"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(matches!(error, StartupError::Redis { .. }), "{error}");
 }

@@ -354,7 +354,14 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
 
 #[tokio::test]
 async fn the_jwks_is_fetched_again_once_its_max_age_has_passed() {
-    let mut app = spawn_app().await;
+    // A max-age shorter than the refetch interval counts as the interval.
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        c.providers
+            .get_mut("sandbox")
+            .unwrap()
+            .jwks_refetch_interval_ms = 1_000;
+    })
+    .await;
     app.sandbox().set_jwks_max_age(Some(3));
     for _ in 0..2 {
         let code = code_for(&app, "someone").await;
@@ -375,4 +382,38 @@ async fn the_jwks_is_fetched_again_once_its_max_age_has_passed() {
         .await
         .unwrap();
     assert_eq!(app.sandbox().jwks_requests(), 2, "fetched again after it");
+}
+
+#[tokio::test]
+async fn a_failing_jwks_endpoint_neither_fails_exchanges_its_last_keys_verify_nor_stops_tokens() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        let sandbox = c.providers.get_mut("sandbox").unwrap();
+        sandbox.jwks_refetch_interval_ms = 1_000;
+        sandbox.breaker_failure_threshold = 2;
+    })
+    .await;
+    app.sandbox().set_jwks_max_age(Some(1));
+    let code = code_for(&app, "someone").await;
+    app.client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap();
+    // The keys' max-age passes and the JWKS endpoint fails every attempt.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    for _ in 0..20 {
+        app.sandbox().fail_next(
+            bankauth::sandbox::Endpoint::Jwks,
+            bankauth::sandbox::Fault::Status(503),
+        );
+    }
+    let fetches = app.sandbox().jwks_requests();
+    let code = code_for(&app, "someone").await;
+    app.client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .expect("the last keys still verify");
+    assert!(app.sandbox().jwks_requests() > fetches, "a fetch was tried");
+    // Those failures opened no breaker that token issuance goes through.
+    let user = app.sandbox().seed_users(1).remove(0);
+    app.widget_token(&user).await.expect("tokens still flow");
 }

@@ -104,7 +104,7 @@ async fn replicas_fill_each_key_once(replicas: usize, rounds: usize) {
         let before = apps[0].sandbox().token_requests();
         let bursts = apps
             .iter()
-            .map(|app| widget_burst(app, user, 400 / replicas));
+            .map(|app| widget_burst(app, user, 400_usize.div_ceil(replicas)));
         let tokens: Vec<_> = join_all(bursts).await.into_iter().flatten().collect();
         assert_eq!(
             apps[0].sandbox().token_requests(),
@@ -388,6 +388,36 @@ async fn invalidation_drops_only_the_named_providers_token() {
     }
     assert_eq!(widget("sandbox").await, token);
     assert_eq!(app.sandbox().token_requests(), calls);
+}
+
+#[tokio::test]
+async fn an_invalidation_redis_cannot_record_is_unavailable_not_reported_done() {
+    let mut redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| {
+        crate::helpers::use_redis(c, &redis);
+        c.cache.redis_timeout_ms = 200;
+    })
+    .await;
+    let user = app.sandbox().seed_users(1).remove(0);
+    let revoked = app.widget_token(&user).await.unwrap();
+    redis.kill();
+    // Other replicas would still read the token from Redis once it is
+    // back: the caller must hear that the invalidation did not happen.
+    let status = app
+        .client
+        .invalidate_token(pb::InvalidateTokenRequest {
+            provider: String::new(),
+            access_token: revoked.access_token.clone(),
+            access_token_sha256: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        crate::helpers::error_info(&status).reason,
+        "SHARED_CACHE_UNAVAILABLE"
+    );
 }
 
 #[tokio::test]
