@@ -19,9 +19,12 @@ pub const PROVIDER: &str = "moneyhub";
 /// Log lines kept for [`Bankauth::log_tail`].
 const LOG_LINES: usize = 200;
 
+/// The data scopes bankauth allows by default: ones the peer grants.
+pub const DATA_SCOPES: &[&str] = &["accounts:read", "transactions:read:all"];
+
 /// Writes a `bankauth.toml` with one `kind = "moneyhub"` provider whose
-/// issuer is `peer`'s, plus `extra` TOML; returns its path.
-pub fn write_config(dir: &Path, peer: &OidcPeer, extra: &str) -> PathBuf {
+/// issuer is `peer`'s, allowing `data_scopes`; returns its path.
+pub fn write_config(dir: &Path, peer: &OidcPeer, data_scopes: &[&str]) -> PathBuf {
     let key = write_key(dir, peer);
     let config = dir.join("bankauth.toml");
     std::fs::write(
@@ -40,9 +43,8 @@ pub fn write_config(dir: &Path, peer: &OidcPeer, extra: &str) -> PathBuf {
             issuer = "{issuer}"
             client_id = "{CLIENT_ID}"
             private_key_file = "{key}"
-            data_scopes = ["accounts:read", "transactions:read:all"]
+            data_scopes = {data_scopes:?}
             application_scopes = ["scim_user:read"]
-            {extra}
             "#,
             issuer = peer.issuer(),
             key = key.display(),

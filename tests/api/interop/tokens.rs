@@ -11,7 +11,7 @@ use serde_json::Value;
 use tonic::Code;
 
 use super::oidc_peer::{AuthorizationRequest, CLIENT_ID, OidcPeer, REDIRECT_URI};
-use super::serve::{Bankauth, PROVIDER, write_config};
+use super::serve::{Bankauth, DATA_SCOPES, PROVIDER, write_config};
 use crate::helpers::{error_info, sha256_hex};
 
 /// A Moneyhub-shaped user id (the provider takes any `sub` here).
@@ -29,12 +29,17 @@ struct Interop {
 
 impl Interop {
     async fn start() -> Self {
+        Self::start_allowing(DATA_SCOPES).await
+    }
+
+    /// With `data_scopes` allowed for user tokens.
+    async fn start_allowing(data_scopes: &[&str]) -> Self {
         let peer = OidcPeer::start();
         let dir = tempfile::Builder::new()
             .prefix("oidc-interop-")
             .tempdir()
             .unwrap();
-        let config = write_config(dir.path(), &peer, "");
+        let config = write_config(dir.path(), &peer, data_scopes);
         let bankauth = Bankauth::start(&config).await;
         Self {
             bankauth,
@@ -57,8 +62,21 @@ impl Interop {
     }
 
     async fn data(&mut self, user: &str, scopes: &[&str], force_refresh: bool) -> pb::AccessToken {
-        let response = self
-            .bankauth
+        ok(
+            self.try_data(user, scopes, force_refresh).await,
+            "IssueDataToken",
+        )
+        .token
+        .expect("a token")
+    }
+
+    async fn try_data(
+        &mut self,
+        user: &str,
+        scopes: &[&str],
+        force_refresh: bool,
+    ) -> Result<tonic::Response<pb::IssueDataTokenResponse>, tonic::Status> {
+        self.bankauth
             .client
             .issue_data_token(pb::IssueDataTokenRequest {
                 provider: PROVIDER.into(),
@@ -66,8 +84,7 @@ impl Interop {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 force_refresh,
             })
-            .await;
-        ok(response, "IssueDataToken").token.expect("a token")
+            .await
     }
 
     async fn exchange(
@@ -328,4 +345,33 @@ async fn a_used_code_is_refused_by_the_provider_as_invalid_grant() {
         2,
         "sent once each, never retried"
     );
+}
+
+/// oidc-provider grants only the scopes its resource server has, silently
+/// (RFC 6749 §3.3 allows it), and then leaves `scope` out of its answer even
+/// though it differs from the request (§5.1 requires it then). bankauth
+/// reads the grant from the JWT access token instead of reporting the
+/// scopes it asked for.
+#[tokio::test]
+async fn scopes_the_provider_does_not_grant_are_never_reported_as_granted() {
+    let mut it = Interop::start_allowing(&["accounts:read", "payments:write"]).await;
+
+    let partial = it
+        .data(USER, &["accounts:read", "payments:write"], false)
+        .await;
+    assert_eq!(partial.scopes, ["accounts:read"], "what the token carries");
+    let claims = it.verified_claims(&partial.access_token).await;
+    assert_eq!(scope_set(&claims), ["accounts:read"]);
+
+    let status = it
+        .try_data(USER, &["payments:write"], false)
+        .await
+        .expect_err("a token carrying none of the requested scopes");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(error_info(&status).reason, "UPSTREAM_MISDIRECTED");
+    assert!(
+        status.message().contains("none of the requested scopes"),
+        "{status:?}"
+    );
+    assert_eq!(it.client_credentials_calls().await, 2);
 }
