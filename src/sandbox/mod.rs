@@ -152,6 +152,9 @@ struct State {
     /// where they must not be (logs).
     recent_assertions: Mutex<VecDeque<String>>,
     codes: Mutex<HashMap<String, oidc::AuthorizationCode>>,
+    /// Codes already exchanged: the grant each started, and until when it is
+    /// remembered, so a second use revokes what the first one issued.
+    used_codes: Mutex<HashMap<String, oidc::UsedCode>>,
     refresh_tokens: Mutex<HashMap<String, oidc::RefreshGrant>>,
     faults: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
     id_token_faults: Mutex<VecDeque<IdTokenFault>>,
@@ -225,6 +228,7 @@ impl Sandbox {
             recent_assertions: Mutex::default(),
             seen_jtis: Mutex::default(),
             codes: Mutex::default(),
+            used_codes: Mutex::default(),
             refresh_tokens: Mutex::default(),
             faults: Mutex::default(),
             id_token_faults: Mutex::default(),

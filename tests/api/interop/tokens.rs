@@ -330,7 +330,7 @@ async fn a_used_code_is_refused_by_the_provider_as_invalid_grant() {
     let mut it = Interop::start().await;
     let code = it.code("nonce-1").await;
     let first = it.exchange(exchange_request(&code, "nonce-1")).await;
-    ok(first.map(tonic::Response::new), "ExchangeAuthorizationCode");
+    let first = ok(first.map(tonic::Response::new), "ExchangeAuthorizationCode");
     let status = it
         .exchange(exchange_request(&code, "nonce-1"))
         .await
@@ -344,6 +344,22 @@ async fn a_used_code_is_refused_by_the_provider_as_invalid_grant() {
         it.peer.token_requests("authorization_code").await,
         2,
         "sent once each, never retried"
+    );
+
+    // RFC 6749 §4.1.2: what the code issued is revoked too.
+    let status = it
+        .bankauth
+        .client
+        .refresh_token(pb::RefreshTokenRequest {
+            provider: PROVIDER.into(),
+            refresh_token: first.refresh_token,
+        })
+        .await
+        .expect_err("the first exchange's refresh token is revoked");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_grant"
     );
 }
 
