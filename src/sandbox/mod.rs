@@ -116,7 +116,9 @@ impl SandboxOptions {
             clients,
             moneykit_clients: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
-            expiry_field: ExpiryField::ExpiresIn,
+            // Moneyhub's documents show `expires_at`, and
+            // an oidc-provider answers `expires_in`: both, as the interop peer does.
+            expiry_field: ExpiryField::Both,
             clock_skew_secs: 0,
         }
     }
