@@ -471,7 +471,8 @@ fn issue(
         exp: now + lifetime,
         jti: random_id(),
     };
-    let Ok(access_token) = signing_key.sign(&claims) else {
+    // RFC 9068, as Moneyhub's documented tokens and oidc-provider's are.
+    let Ok(access_token) = signing_key.sign_typed(&claims, "at+jwt") else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
