@@ -31,6 +31,7 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "id_token_signing_alg_values_supported": ["ES256"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
@@ -145,6 +146,10 @@ pub async fn authorize(
             .query_pairs_mut()
             .append_pair("state", &state_param);
     }
+    // RFC 9207, as oidc-provider answers: which issuer the code is from.
+    location
+        .query_pairs_mut()
+        .append_pair("iss", state.issuer.as_str());
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, location.to_string())],
