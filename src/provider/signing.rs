@@ -150,9 +150,15 @@ impl SigningKey {
 
     /// Signs `claims` as a compact JWS with header `{alg, typ: JWT, kid}`.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyError> {
+        self.sign_typed(claims, "JWT")
+    }
+
+    /// Signs `claims` as a compact JWS with header `{alg, typ, kid}`; an
+    /// RFC 9068 access token is `typ: at+jwt`.
+    pub fn sign_typed<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, KeyError> {
         let header = serde_json::json!({
             "alg": self.algorithm.as_str(),
-            "typ": "JWT",
+            "typ": typ,
             "kid": self.key_id,
         });
         let header = serde_json::to_vec(&header).map_err(|_| KeyError::SigningFailed)?;

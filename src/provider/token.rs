@@ -242,12 +242,24 @@ fn parse_token_answer(
             "the provider issued a token living longer than max_token_lifetime_secs ({max} s); is its expiry in milliseconds?"
         )));
     }
+    // RFC 6749 §5.1: no `scope` means the one requested. Some providers
+    // (oidc-provider among them) also leave it out when they granted less,
+    // even nothing; a JWT access token then says what it carries.
     let granted = body
         .scope
         .as_deref()
         .map(ScopeSet::from_granted)
         .filter(|granted| !granted.is_empty())
+        .or_else(|| jwt_scope(&body.access_token))
         .or_else(|| requested.cloned());
+    if let (Some(requested), Some(granted)) = (requested, &granted) {
+        if !requested.is_empty() && granted.is_empty() {
+            return Err(answer.misdirected(
+                "token endpoint",
+                "with a token carrying none of the requested scopes; does the provider grant them to this client?",
+            ));
+        }
+    }
     Ok(TokenResponse {
         token: AccessToken {
             access_token: body.access_token,
@@ -304,6 +316,29 @@ fn as_seconds(value: &serde_json::Value) -> Option<i64> {
 struct JwtTimes {
     exp: i64,
     iat: Option<i64>,
+}
+
+/// The scope a JWT access token carries, read without verifying it (as its
+/// lifetime is): its `scope` claim (RFC 9068 §2.2.3); none at all for an
+/// RFC 9068 token (`typ: at+jwt`) without one; `None` when the token says
+/// nothing (opaque, or a plain JWT without the claim).
+fn jwt_scope(token: &str) -> Option<ScopeSet> {
+    #[derive(Deserialize)]
+    struct ScopeClaim {
+        scope: Option<String>,
+    }
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let claims = jsonwebtoken::dangerous::insecure_decode_claims::<ScopeClaim>(token).ok()?;
+    match claims.scope {
+        Some(scope) => Some(ScopeSet::from_granted(&scope)),
+        None => header
+            .typ
+            .is_some_and(|typ| {
+                let typ = typ.to_ascii_lowercase();
+                typ == "at+jwt" || typ == "application/at+jwt"
+            })
+            .then(|| ScopeSet::from_granted("")),
+    }
 }
 
 /// Reads `exp` and `iat` from a JWT access token without verifying it: the
@@ -501,6 +536,59 @@ mod tests {
             parse(&answer(200, &behind), sent).unwrap().expires_at,
             sent + 3000
         );
+    }
+
+    /// A JWT with this header and claims (signature not checked here).
+    fn jwt_with(header: &str, claims: &str) -> String {
+        let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            base64::Engine::encode(engine, header),
+            base64::Engine::encode(engine, claims)
+        )
+    }
+
+    #[test]
+    fn without_a_scope_field_a_jwt_access_token_says_what_was_granted() {
+        let exp = now() + 3600;
+        let requested = ScopeSet::from_granted("accounts:read payments:write");
+        let parse_with = |access_token: String| {
+            let body = format!(r#"{{"access_token":"{access_token}","expires_in":3600}}"#);
+            parse_token_answer(
+                &answer(200, &body),
+                now(),
+                Some(&requested),
+                rules(ExpiryField::Auto),
+            )
+        };
+        let at_jwt = r#"{"alg":"RS256","typ":"at+jwt","kid":"k"}"#;
+
+        // oidc-provider leaves out `scope` when it granted less than asked.
+        let partial = jwt_with(
+            at_jwt,
+            &format!(r#"{{"scope":"accounts:read","exp":{exp}}}"#),
+        );
+        let token = parse_with(partial).unwrap().token;
+        assert_eq!(token.scopes, ["accounts:read"]);
+
+        // …and when it granted nothing: a token for none of them is refused.
+        let none = jwt_with(at_jwt, &format!(r#"{{"exp":{exp}}}"#));
+        let error = parse_with(none).err().expect("no scope granted");
+        assert!(
+            matches!(&error, ProviderError::Misdirected { reason, .. } if reason.contains("none of the requested scopes")),
+            "{error:?}"
+        );
+
+        // A plain JWT without the claim, or an opaque token, says nothing:
+        // RFC 6749 §5.1 then means the scope requested.
+        let plain = jwt_with(
+            r#"{"alg":"RS256","typ":"JWT"}"#,
+            &format!(r#"{{"exp":{exp}}}"#),
+        );
+        for access_token in [plain, "opaque".to_owned()] {
+            let token = parse_with(access_token).unwrap().token;
+            assert_eq!(token.scopes, ["accounts:read", "payments:write"]);
+        }
     }
 
     #[test]

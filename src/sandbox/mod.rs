@@ -117,7 +117,9 @@ impl SandboxOptions {
             clients,
             moneykit_clients: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
-            expiry_field: ExpiryField::ExpiresIn,
+            // Moneyhub's documents show `expires_at`, and
+            // an oidc-provider answers `expires_in`: both, as the interop peer does.
+            expiry_field: ExpiryField::Both,
             clock_skew_secs: 0,
         }
     }
@@ -153,6 +155,9 @@ struct State {
     /// where they must not be (logs).
     recent_assertions: Mutex<VecDeque<String>>,
     codes: Mutex<HashMap<String, oidc::AuthorizationCode>>,
+    /// Codes already exchanged: the grant each started, and until when it is
+    /// remembered, so a second use revokes what the first one issued.
+    used_codes: Mutex<HashMap<String, oidc::UsedCode>>,
     refresh_tokens: Mutex<HashMap<String, oidc::RefreshGrant>>,
     faults: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
     id_token_faults: Mutex<VecDeque<IdTokenFault>>,
@@ -226,6 +231,7 @@ impl Sandbox {
             recent_assertions: Mutex::default(),
             seen_jtis: Mutex::default(),
             codes: Mutex::default(),
+            used_codes: Mutex::default(),
             refresh_tokens: Mutex::default(),
             faults: Mutex::default(),
             id_token_faults: Mutex::default(),

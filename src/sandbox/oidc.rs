@@ -31,6 +31,7 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "id_token_signing_alg_values_supported": ["ES256"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
@@ -71,6 +72,8 @@ pub struct AuthorizationCode {
 
 /// What a refresh token stands for.
 pub struct RefreshGrant {
+    /// The code exchange this token descends from, through its rotations.
+    grant_id: String,
     client_id: String,
     sub: String,
     scope: String,
@@ -79,6 +82,15 @@ pub struct RefreshGrant {
 
 /// Codes are short-lived, as RFC 6749 §4.1.2 recommends.
 const CODE_LIFETIME_SECS: i64 = 60;
+
+/// A code already exchanged: the grant it started, remembered for a while.
+pub struct UsedCode {
+    grant_id: String,
+    forget_at: i64,
+}
+
+/// How long a used code is remembered, to revoke its tokens on a replay.
+const USED_CODE_MEMORY_SECS: i64 = 3600;
 
 /// The authorization endpoint, reduced to what tests need: no login page,
 /// the user consents at once and is redirected back with a code (as if they
@@ -137,6 +149,10 @@ pub async fn authorize(
             .query_pairs_mut()
             .append_pair("state", &state_param);
     }
+    // RFC 9207, as oidc-provider answers: which issuer the code is from.
+    location
+        .query_pairs_mut()
+        .append_pair("iss", state.issuer.as_str());
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, location.to_string())],
@@ -266,8 +282,35 @@ fn authorization_code(
     };
     // Removed on first use: a code is single-use whatever the outcome.
     let Some(grant) = state.codes.lock().expect("codes lock").remove(code) else {
+        // RFC 6749 §4.1.2: a code used twice is refused, and what it issued
+        // revoked (as oidc-provider, which Moneyhub runs, does).
+        let used = state
+            .used_codes
+            .lock()
+            .expect("used codes lock")
+            .remove(code);
+        if let Some(used) = used {
+            state
+                .refresh_tokens
+                .lock()
+                .expect("refresh lock")
+                .retain(|_, refresh| refresh.grant_id != used.grant_id);
+        }
         return invalid_grant("the code is unknown or was already used");
     };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let grant_id = random_hex::<16>();
+    {
+        let mut used_codes = state.used_codes.lock().expect("used codes lock");
+        used_codes.retain(|_, used| used.forget_at > now);
+        used_codes.insert(
+            code.clone(),
+            UsedCode {
+                grant_id: grant_id.clone(),
+                forget_at: now + USED_CODE_MEMORY_SECS,
+            },
+        );
+    }
     if grant.expires_at < OffsetDateTime::now_utc().unix_timestamp() {
         return invalid_grant("the code has expired");
     }
@@ -288,6 +331,7 @@ fn authorization_code(
     state.refresh_tokens.lock().expect("refresh lock").insert(
         refresh_token.clone(),
         RefreshGrant {
+            grant_id,
             client_id: client_id.clone(),
             sub: grant.sub.clone(),
             scope: grant.scope.clone(),
@@ -435,7 +479,8 @@ fn issue(
         exp: now + lifetime,
         jti: random_id(),
     };
-    let Ok(access_token) = signing_key.sign(&claims) else {
+    // RFC 9068, as Moneyhub's documented tokens and oidc-provider's are.
+    let Ok(access_token) = signing_key.sign_typed(&claims, "at+jwt") else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",

@@ -107,6 +107,78 @@ async fn a_code_is_single_use() {
     );
 }
 
+/// RFC 9207, as oidc-provider does it: the redirect names the issuer, so a
+/// client talking to several providers knows whose code it holds.
+#[tokio::test]
+async fn the_authorization_response_names_the_issuer() {
+    let app = spawn_app().await;
+    let mut url = app.upstream.sandbox.authorization_url();
+    url.query_pairs_mut()
+        .append_pair("client_id", bankauth::demo::DEMO_CLIENT_ID)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", REDIRECT_URI)
+        .append_pair("state", "s-1");
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap();
+    let location: url::Url = response.headers()["location"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let iss = location
+        .query_pairs()
+        .find(|(name, _)| name == "iss")
+        .map(|(_, iss)| iss.into_owned());
+    assert_eq!(iss, Some(app.upstream.sandbox.issuer().to_string()));
+}
+
+/// RFC 6749 §4.1.2, as oidc-provider does it (tests/api/interop): a code
+/// used twice is refused, and the refresh token its first use issued stops working.
+#[tokio::test]
+async fn a_reused_code_revokes_the_refresh_token_it_issued() {
+    let mut app = spawn_app().await;
+    let code = code_for(&app, "someone").await;
+    let set = app
+        .client
+        .exchange_authorization_code(exchange(&code))
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap();
+    let refresh = |refresh_token: String| pb::RefreshTokenRequest {
+        provider: String::new(),
+        refresh_token,
+    };
+    let rotated = app
+        .client
+        .refresh_token(refresh(set.refresh_token.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap()
+        .refresh_token;
+
+    exchange_status(&mut app, exchange(&code)).await;
+    let status = app
+        .client
+        .refresh_token(refresh(rotated))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_grant"
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_code_verifier_or_redirect_uri_is_refused_by_the_provider() {
     let mut app = spawn_app().await;

@@ -482,6 +482,7 @@ async fn a_token_already_expired_on_arrival_is_unavailable_and_never_cached() {
 #[tokio::test]
 async fn a_provider_clock_minutes_off_does_not_change_how_long_tokens_are_served() {
     let mut app = spawn_app().await;
+    app.sandbox().set_expiry_field(ExpiryField::ExpiresIn);
     let users = app.sandbox().seed_users(2);
     for (user, skew) in users.iter().zip([-300, 300]) {
         app.sandbox().set_clock_skew(skew);

@@ -30,6 +30,9 @@ async fn a_widget_token_is_a_provider_jwt_for_the_user_with_the_widget_scope() {
     let claims = verified_claims(&app, &token.access_token);
     assert_eq!(claims.sub, user);
     assert_eq!(claims.scope, "widget_authentication");
+    // An RFC 9068 access token, as in Moneyhub's documents.
+    let header = jsonwebtoken::decode_header(&token.access_token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
     assert_eq!(token.scopes, ["widget_authentication"]);
     assert_eq!(token.token_type, "Bearer");
     assert_eq!(token.expire_time.unwrap().seconds, claims.exp);

@@ -6,5 +6,6 @@
 
 mod oidc_peer;
 mod scim_peer;
+mod serve;
 mod tokens;
 mod users;
