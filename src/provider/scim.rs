@@ -240,8 +240,13 @@ fn collection_url(base: &Url) -> Url {
 
 /// `{base}/users/{id}`, or `None` unless the built path ends in exactly
 /// that segment: a URL resolves dot segments (`..` would address the
-/// collection), so no id may steer a request to another resource.
+/// collection), so no id may steer a request to another resource. Nor may
+/// an id end in `.scim`, a format suffix a SCIM server strips (RFC 7644
+/// §3.8): `.scim` would address the collection too.
 fn user_url(base: &Url, id: &str) -> Option<Url> {
+    if crate::domain::has_scim_format_suffix(id) {
+        return None;
+    }
     let collection = collection_url(base);
     let mut url = collection.clone();
     url.path_segments_mut().ok()?.push(id);
@@ -260,7 +265,9 @@ mod tests {
             user_url(&base, "66b3-a_b~c.d").unwrap().as_str(),
             "https://identity.example/scim/users/66b3-a_b~c.d"
         );
-        for hostile in [".", "..", "a/b", "a?b", "a#b", "%2e%2e", ""] {
+        for hostile in [
+            ".", "..", "a/b", "a?b", "a#b", "%2e%2e", "", ".scim", "x.scim", "x.Scim",
+        ] {
             assert_eq!(user_url(&base, hostile), None, "{hostile:?}");
         }
     }
