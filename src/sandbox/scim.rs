@@ -109,11 +109,22 @@ pub async fn create_user(
         return scim_error(StatusCode::BAD_REQUEST, Some("invalidValue"), detail);
     }
     let mut users = state.users.lock().expect("users lock");
+    let mut user_names = state.user_names.lock().expect("user names lock");
     if users.values().any(|u| u.external_id == request.external_id) {
         return scim_error(
             StatusCode::CONFLICT,
             Some("uniqueness"),
             "externalId is already in use",
+        );
+    }
+    // RFC 7643 §4.1.1: userName is unique and not case-exact, so
+    // "Customer-1" is taken once "customer-1" is.
+    let user_name = request.user_name.to_lowercase();
+    if user_names.contains_key(&user_name) {
+        return scim_error(
+            StatusCode::CONFLICT,
+            Some("uniqueness"),
+            "userName is already in use",
         );
     }
     let created = OffsetDateTime::now_utc()
@@ -136,12 +147,13 @@ pub async fn create_user(
         subtenant: request.subtenant,
     };
     let response = scim_json(StatusCode::CREATED, &user);
+    user_names.insert(user_name, user.id.clone());
     users.insert(user.id.clone(), user);
     response
 }
 
 /// Moneyhub's documented bounds: externalId of 1–128 characters, exactly one
-/// email of at most 254 characters.
+/// email of at most 254 characters; and RFC 7643's required userName.
 fn validate(request: &ScimUserRequest) -> Result<(), &'static str> {
     if !request
         .schemas
@@ -149,6 +161,9 @@ fn validate(request: &ScimUserRequest) -> Result<(), &'static str> {
         .any(|s| s == "urn:ietf:params:scim:schemas:core:2.0:User")
     {
         return Err("schemas must include the core User schema");
+    }
+    if request.user_name.trim().is_empty() {
+        return Err("userName is required");
     }
     let len = request.external_id.chars().count();
     if len == 0 || len > 128 {

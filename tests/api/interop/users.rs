@@ -598,3 +598,24 @@ async fn hostile_ids_never_reach_another_path_at_the_peer() {
     let stats = stack.peer.requests().await;
     stack.check_eq(stats.total(), 0, "requests that reached the peer");
 }
+
+#[tokio::test]
+async fn external_ids_differing_only_in_case_collide_at_an_rfc_server() {
+    // bankauth sends userName = externalId; RFC 7643 §4.1.1 makes userName
+    // unique and case-insensitive, so the peer refuses the second.
+    let mut stack = Stack::start().await;
+    stack.create(new_user("customer-1")).await;
+    let result = stack
+        .bankauth
+        .client
+        .create_user(new_user("Customer-1"))
+        .await;
+    let status = stack.err("CreateUser of Customer-1 after customer-1", result);
+    let info = stack.check_error(&status, Code::AlreadyExists, "USER_ALREADY_EXISTS");
+    stack.check_eq(
+        info.metadata.get("upstream_error").map(String::as_str),
+        Some("uniqueness"),
+        "upstream_error",
+    );
+    stack.check_eq(stack.peer.requests().await.users, 1, "users at the peer");
+}
