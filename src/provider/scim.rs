@@ -259,6 +259,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn meta_created_is_read_in_every_shape_servers_send() {
+        // Moneyhub's documented response (milliseconds), scim2-server's
+        // (microseconds), the sandbox's (whole seconds), an offset.
+        for (created, unix, nanos) in [
+            ("2024-08-07T06:43:47.000Z", 1_723_013_027, 0),
+            ("2026-12-02T06:40:54.432570Z", 1_796_193_654, 432_570_000),
+            ("2024-08-07T06:43:47Z", 1_723_013_027, 0),
+            ("2024-08-07T08:43:47+02:00", 1_723_013_027, 0),
+        ] {
+            let user: ScimUser = serde_json::from_value(serde_json::json!({
+                "id": "66b317a3b9e65500465bed71",
+                "meta": {"resourceType": "User", "created": created},
+            }))
+            .unwrap();
+            let created_at = User::from(user).created.expect(created);
+            assert_eq!(
+                (created_at.unix_timestamp(), created_at.nanosecond()),
+                (unix, nanos),
+                "{created}"
+            );
+        }
+    }
+
+    #[test]
     fn a_user_url_addresses_exactly_one_user() {
         let base: Url = "https://identity.example/scim/".parse().unwrap();
         assert_eq!(

@@ -8,7 +8,6 @@ use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::oidc::{random_id, verify_access_token};
 use super::{Endpoint, State, serve_fault};
@@ -127,11 +126,18 @@ pub async fn create_user(
             "userName is already in use",
         );
     }
-    let created = OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("zero nanoseconds is valid")
-        .format(&Rfc3339)
-        .expect("now formats as RFC 3339");
+    // As Moneyhub's documented response writes it: "2024-08-07T06:43:47.000Z".
+    let now = OffsetDateTime::now_utc();
+    let created = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    );
     let user = ScimUser {
         id: random_id(),
         external_id: request.external_id,
