@@ -173,6 +173,11 @@ impl Stack {
     /// The peer trusts `issuer`'s tokens, checked against its JWKS URL.
     async fn with_issuer(issuer: TokenIssuer, dir: tempfile::TempDir) -> Self {
         let peer = ScimPeer::start(&issuer.issuer, &issuer.jwks_url);
+        Self::assemble(issuer, dir, peer).await
+    }
+
+    /// bankauth getting its tokens from `issuer`, its users from `peer`.
+    async fn assemble(issuer: TokenIssuer, dir: tempfile::TempDir, peer: ScimPeer) -> Self {
         let bankauth = Bankauth::start(dir.path(), &issuer, &peer.base_url()).await;
         Self {
             bankauth,
@@ -618,4 +623,49 @@ async fn external_ids_differing_only_in_case_collide_at_an_rfc_server() {
         "upstream_error",
     );
     stack.check_eq(stack.peer.requests().await.users, 1, "users at the peer");
+}
+
+#[tokio::test]
+async fn a_peer_refusing_bankauths_tokens_is_failed_precondition() {
+    // The peer trusts another issuer (with the same keys): bankauth's tokens
+    // are refused with 401, which no retry would fix.
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = token_issuer(dir.path()).await;
+    let peer = ScimPeer::start("https://identity.elsewhere.example/oidc", &issuer.jwks_url);
+    let mut stack = Stack::assemble(issuer, dir, peer).await;
+
+    let result = stack
+        .bankauth
+        .client
+        .create_user(new_user("customer-1"))
+        .await;
+    let status = stack.err("CreateUser with tokens the peer refuses", result);
+    let info = stack.check_error(
+        &status,
+        Code::FailedPrecondition,
+        "UPSTREAM_REJECTED_CREDENTIALS",
+    );
+    stack.check_eq(
+        info.metadata.get("upstream_error").map(String::as_str),
+        Some("http_401"),
+        "upstream_error",
+    );
+    let result = stack.get("000000000000000000000000").await;
+    let status = stack.err("GetUser with tokens the peer refuses", result);
+    stack.check_error(
+        &status,
+        Code::FailedPrecondition,
+        "UPSTREAM_REJECTED_CREDENTIALS",
+    );
+    let stats = stack.peer.requests().await;
+    // Neither request was retried.
+    stack.check_eq(
+        (
+            stats.statuses.get("401").copied(),
+            stats.total(),
+            stats.users,
+        ),
+        (Some(2), 2, 0),
+        "the peer's 401s, requests and users",
+    );
 }
