@@ -66,12 +66,29 @@ impl UserId {
                 "must be one URL path segment, not \".\" or \"..\"",
             ));
         }
+        if has_scim_format_suffix(value) {
+            return Err(ValidationError::new(
+                field,
+                "must not end in \".scim\", which a SCIM server may read as a format suffix (RFC 7644 §3.8)",
+            ));
+        }
         Ok(Self(value.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether a path segment ends in `.scim`, in any case: RFC 7644 §3.8 lets
+/// a SCIM server read that suffix as a format request and strip it, so
+/// `users/.scim` addresses the collection (a list of every user) and
+/// `users/x.scim` the user `x`.
+pub fn has_scim_format_suffix(segment: &str) -> bool {
+    let suffix = ".scim";
+    segment.len() >= suffix.len()
+        && segment.as_bytes()[segment.len() - suffix.len()..]
+            .eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 impl fmt::Display for UserId {
@@ -447,7 +464,11 @@ mod tests {
     fn user_ids_are_url_safe_and_bounded() {
         assert!(UserId::parse("user_id", "66b317a3b9e65500465bed71").is_ok());
         assert!(UserId::parse("user_id", "...").is_ok(), "not a dot segment");
-        for bad in ["", "../admin", "a/b", "a b", "a?b=c", ".", ".."] {
+        assert!(UserId::parse("user_id", "scim").is_ok());
+        assert!(UserId::parse("user_id", "x.scimx").is_ok());
+        for bad in [
+            "", "../admin", "a/b", "a b", "a?b=c", ".", "..", ".scim", "x.scim", "x.SCIM",
+        ] {
             assert!(UserId::parse("user_id", bad).is_err(), "{bad:?} accepted");
         }
         assert!(UserId::parse("user_id", &"a".repeat(129)).is_err());

@@ -240,8 +240,13 @@ fn collection_url(base: &Url) -> Url {
 
 /// `{base}/users/{id}`, or `None` unless the built path ends in exactly
 /// that segment: a URL resolves dot segments (`..` would address the
-/// collection), so no id may steer a request to another resource.
+/// collection), so no id may steer a request to another resource. Nor may
+/// an id end in `.scim`, a format suffix a SCIM server strips (RFC 7644
+/// §3.8): `.scim` would address the collection too.
 fn user_url(base: &Url, id: &str) -> Option<Url> {
+    if crate::domain::has_scim_format_suffix(id) {
+        return None;
+    }
     let collection = collection_url(base);
     let mut url = collection.clone();
     url.path_segments_mut().ok()?.push(id);
@@ -254,13 +259,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn meta_created_is_read_in_every_shape_servers_send() {
+        // Moneyhub's documented response (milliseconds), scim2-server's
+        // (microseconds), the sandbox's (whole seconds), an offset.
+        for (created, unix, nanos) in [
+            ("2024-08-07T06:43:47.000Z", 1_723_013_027, 0),
+            ("2026-12-02T06:40:54.432570Z", 1_796_193_654, 432_570_000),
+            ("2024-08-07T06:43:47Z", 1_723_013_027, 0),
+            ("2024-08-07T08:43:47+02:00", 1_723_013_027, 0),
+        ] {
+            let user: ScimUser = serde_json::from_value(serde_json::json!({
+                "id": "66b317a3b9e65500465bed71",
+                "meta": {"resourceType": "User", "created": created},
+            }))
+            .unwrap();
+            let created_at = User::from(user).created.expect(created);
+            assert_eq!(
+                (created_at.unix_timestamp(), created_at.nanosecond()),
+                (unix, nanos),
+                "{created}"
+            );
+        }
+    }
+
+    #[test]
     fn a_user_url_addresses_exactly_one_user() {
         let base: Url = "https://identity.example/scim/".parse().unwrap();
         assert_eq!(
             user_url(&base, "66b3-a_b~c.d").unwrap().as_str(),
             "https://identity.example/scim/users/66b3-a_b~c.d"
         );
-        for hostile in [".", "..", "a/b", "a?b", "a#b", "%2e%2e", ""] {
+        for hostile in [
+            ".", "..", "a/b", "a?b", "a#b", "%2e%2e", "", ".scim", "x.scim", "x.Scim",
+        ] {
             assert_eq!(user_url(&base, hostile), None, "{hostile:?}");
         }
     }

@@ -149,6 +149,9 @@ struct State {
     moneykit_clients: HashMap<String, String>,
     options: Mutex<SandboxOptions>,
     users: Mutex<HashMap<String, ScimUser>>,
+    /// The `userName` of each user, lowercased: RFC 7643 §4.1.1 makes it
+    /// unique and case-insensitive. Locked after `users`.
+    user_names: Mutex<HashMap<String, String>>,
     /// Assertion `jti`s seen, with their expiry, to reject replays.
     seen_jtis: Mutex<HashMap<String, i64>>,
     /// The last few client assertions received, so tests can look for them
@@ -228,6 +231,7 @@ impl Sandbox {
                 .collect(),
             options: Mutex::new(options),
             users: Mutex::default(),
+            user_names: Mutex::default(),
             recent_assertions: Mutex::default(),
             seen_jtis: Mutex::default(),
             codes: Mutex::default(),

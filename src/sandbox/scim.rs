@@ -8,7 +8,6 @@ use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::oidc::{random_id, verify_access_token};
 use super::{Endpoint, State, serve_fault};
@@ -109,6 +108,7 @@ pub async fn create_user(
         return scim_error(StatusCode::BAD_REQUEST, Some("invalidValue"), detail);
     }
     let mut users = state.users.lock().expect("users lock");
+    let mut user_names = state.user_names.lock().expect("user names lock");
     if users.values().any(|u| u.external_id == request.external_id) {
         return scim_error(
             StatusCode::CONFLICT,
@@ -116,11 +116,28 @@ pub async fn create_user(
             "externalId is already in use",
         );
     }
-    let created = OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .expect("zero nanoseconds is valid")
-        .format(&Rfc3339)
-        .expect("now formats as RFC 3339");
+    // RFC 7643 §4.1.1: userName is unique and not case-exact, so
+    // "Customer-1" is taken once "customer-1" is.
+    let user_name = request.user_name.to_lowercase();
+    if user_names.contains_key(&user_name) {
+        return scim_error(
+            StatusCode::CONFLICT,
+            Some("uniqueness"),
+            "userName is already in use",
+        );
+    }
+    // As Moneyhub's documented response writes it: "2024-08-07T06:43:47.000Z".
+    let now = OffsetDateTime::now_utc();
+    let created = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    );
     let user = ScimUser {
         id: random_id(),
         external_id: request.external_id,
@@ -136,12 +153,13 @@ pub async fn create_user(
         subtenant: request.subtenant,
     };
     let response = scim_json(StatusCode::CREATED, &user);
+    user_names.insert(user_name, user.id.clone());
     users.insert(user.id.clone(), user);
     response
 }
 
 /// Moneyhub's documented bounds: externalId of 1–128 characters, exactly one
-/// email of at most 254 characters.
+/// email of at most 254 characters; and RFC 7643's required userName.
 fn validate(request: &ScimUserRequest) -> Result<(), &'static str> {
     if !request
         .schemas
@@ -149,6 +167,9 @@ fn validate(request: &ScimUserRequest) -> Result<(), &'static str> {
         .any(|s| s == "urn:ietf:params:scim:schemas:core:2.0:User")
     {
         return Err("schemas must include the core User schema");
+    }
+    if request.user_name.trim().is_empty() {
+        return Err("userName is required");
     }
     let len = request.external_id.chars().count();
     if len == 0 || len > 128 {

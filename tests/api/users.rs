@@ -95,6 +95,22 @@ async fn an_external_id_taken_at_the_provider_by_someone_else_is_already_exists(
 }
 
 #[tokio::test]
+async fn external_ids_differing_only_in_case_collide_as_user_names() {
+    // userName (= externalId) is unique and case-insensitive (RFC 7643
+    // §4.1.1), as the independent SCIM peer enforces it.
+    let mut app = spawn_app().await;
+    app.create_user("customer-1").await;
+    let status = app
+        .client
+        .create_user(new_user("Customer-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(error_info(&status).metadata["upstream_error"], "uniqueness");
+    assert_eq!(app.sandbox().user_count(), 1);
+}
+
+#[tokio::test]
 async fn an_unknown_user_is_not_found() {
     let mut app = spawn_app().await;
     let status = app

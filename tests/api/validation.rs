@@ -41,6 +41,10 @@ async fn bad_user_ids_name_the_field() {
         // Dot segments: a URL would resolve them to the SCIM collection.
         ".".into(),
         "..".into(),
+        // A format suffix a SCIM server strips (RFC 7644 §3.8): `.scim`
+        // would address the collection.
+        ".scim".into(),
+        "x.scim".into(),
     ] {
         let status = app.widget_token(&bad).await.unwrap_err();
         assert_invalid(&status, "user_id");
