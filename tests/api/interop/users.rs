@@ -2,8 +2,8 @@
 //! the independent SCIM peer (scim2-server), which trusts only the access
 //! tokens of the token issuer and checks their scope.
 //!
-//! The token issuer is, for now, the built-in sandbox; the OpenID provider
-//! peer replaces it by changing [`token_issuer`] alone.
+//! The token issuer is the independent OpenID provider peer (oidc-provider),
+//! so neither side of these exchanges is code of ours.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use super::scim_peer::ScimPeer;
-use crate::helpers::{new_user, serve_binary, start_upstream, write_client_key};
+use crate::helpers::{new_user, serve_binary};
 
 /// The issuer of the access tokens bankauth presents and the SCIM peer
 /// trusts: the provider bankauth gets its tokens from.
@@ -31,21 +31,17 @@ pub struct TokenIssuer {
     _running: Box<dyn std::any::Any + Send + Sync>,
 }
 
-/// THE token issuer of these tests. Swap in the OpenID provider peer here.
+/// The token issuer of these tests: the independent OpenID provider, so
+/// neither side of the SCIM exchange is ours.
 async fn token_issuer(dir: &Path) -> TokenIssuer {
-    sandbox_issuer(dir).await
-}
-
-/// The built-in sandbox as the token issuer, its JWKS found by discovery.
-async fn sandbox_issuer(dir: &Path) -> TokenIssuer {
-    let upstream = start_upstream().await;
-    let issuer = upstream.sandbox.issuer().to_string();
+    let peer = super::oidc_peer::OidcPeer::start();
+    let issuer = peer.issuer();
     TokenIssuer {
         jwks_url: discover_jwks_url(&issuer).await,
-        client_id: bankauth::demo::DEMO_CLIENT_ID.to_owned(),
-        private_key_file: write_client_key(dir, &upstream),
+        client_id: super::oidc_peer::CLIENT_ID.to_owned(),
+        private_key_file: super::oidc_peer::write_key(dir, &peer),
         issuer,
-        _running: Box::new(upstream),
+        _running: Box::new(peer),
     }
 }
 
@@ -565,7 +561,7 @@ async fn the_peer_accepts_only_the_issuers_tokens_with_the_needed_scope() {
         .peer_call(reqwest::Method::GET, "users/x", Some(&forged), None)
         .await;
     stack.check_eq(status, 401, "a token with a broken signature");
-    // Another sandbox: another issuer and signing key.
+    // The sandbox: another issuer and signing key.
     let mut stranger = crate::helpers::spawn_app().await;
     let strange_token = stranger
         .client
