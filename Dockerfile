@@ -15,14 +15,16 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 # What `cargo build` reads: the manifest and lock file, build.rs and the
 # proto it compiles (with protox, so no protoc), the sources, and benches/
-# because Cargo.toml declares a bench target there.
+# because Cargo.toml declares a bench target there. --no-default-features
+# leaves out the built-in sandbox provider and the `demo` subcommand (the
+# feature "sandbox"): the image carries no fake identity provider.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin bankauth \
+    cargo build --release --locked --no-default-features --bin bankauth \
     && install -D -m 0755 target/release/bankauth /out/bankauth
 
 # The cc variant carries glibc and libgcc, which the binary links, and the

@@ -10,10 +10,12 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod deadline;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod domain;
 pub mod proto;
 pub mod provider;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod server;
 pub mod service;

@@ -3,11 +3,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bankauth::config::Config;
+#[cfg(feature = "sandbox")]
 use bankauth::demo::{DemoUpstream, banner};
 use bankauth::provider::Providers;
+#[cfg(feature = "sandbox")]
 use bankauth::sandbox::SandboxOptions;
 use bankauth::server::{Application, shutdown_signal};
-use bankauth::telemetry::{self, LogFormat};
+use bankauth::telemetry;
 use clap::{Parser, Subcommand};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -29,6 +31,8 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run against the built-in sandbox provider with an in-process cache. Not for production.
+    /// Only in builds with the `sandbox` feature (the default; not the container image).
+    #[cfg(feature = "sandbox")]
     Demo {
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
@@ -52,6 +56,7 @@ enum Command {
 async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve { config } => serve(config).await,
+        #[cfg(feature = "sandbox")]
         Command::Demo { listen } => demo(listen).await,
         Command::CheckConfig { config } => check_config(config),
         Command::Health { addr, service } => health(addr, service).await,
@@ -73,8 +78,9 @@ async fn serve(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> 
     Ok(app.run_until_stopped(shutdown_signal()).await?)
 }
 
+#[cfg(feature = "sandbox")]
 async fn demo(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
-    let _telemetry = telemetry::init(LogFormat::Text);
+    let _telemetry = telemetry::init(telemetry::LogFormat::Text);
     let upstream = DemoUpstream::start(|client| SandboxOptions::new(vec![client])).await?;
     let app = Application::build(upstream.config(listen)).await?;
     println!("{}", banner(app.local_addr()));
