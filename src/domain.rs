@@ -104,20 +104,7 @@ pub struct ExternalId(String);
 
 impl ExternalId {
     pub fn parse(field: &str, value: &str) -> Result<Self, ValidationError> {
-        let len = value.chars().count();
-        if len == 0 || len > MAX_EXTERNAL_ID_LEN {
-            return Err(ValidationError::new(
-                field,
-                format!("must be 1 to {MAX_EXTERNAL_ID_LEN} characters"),
-            ));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(value.to_owned()))
+        bounded_text(field, value, 1, MAX_EXTERNAL_ID_LEN).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -166,6 +153,54 @@ impl EmailAddress {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Free text a person typed (a name, an external id): `min` (0 or 1) to
+/// `max` characters, no control characters.
+pub fn bounded_text(
+    field: &str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, ValidationError> {
+    let len = value.chars().count();
+    if len < min || len > max {
+        let bounds = if min == 0 {
+            format!("must be at most {max} characters")
+        } else {
+            format!("must be {min} to {max} characters")
+        };
+        return Err(ValidationError::new(field, bounds));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Whether `value` is a SHA-256 as 64 lowercase hex characters, the form
+/// `sha256sum` prints: token hashes in requests, API key hashes in the
+/// configuration.
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A SHA-256 as 64 lowercase hex characters (see [`is_sha256_hex`]).
+pub fn sha256_hex(field: &str, value: &str) -> Result<String, ValidationError> {
+    if is_sha256_hex(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(ValidationError::new(
+            field,
+            "must be 64 lowercase hex characters",
+        ))
     }
 }
 
@@ -220,19 +255,7 @@ pub struct NamePart(String);
 
 impl NamePart {
     pub fn parse(field: &str, value: &str) -> Result<Self, ValidationError> {
-        if value.chars().count() > MAX_NAME_LEN {
-            return Err(ValidationError::new(
-                field,
-                format!("must be at most {MAX_NAME_LEN} characters"),
-            ));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(value.to_owned()))
+        bounded_text(field, value, 0, MAX_NAME_LEN).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     AccessToken, Email, EmailAddress, ExternalId, NamePart, NewUser, PersonName, Subtenant, User,
-    ValidationError,
+    ValidationError, bounded_text,
 };
 use crate::proto::v1 as pb;
 use crate::service::TokenSet;
@@ -44,21 +44,7 @@ pub fn new_user(request: &pb::CreateUserRequest) -> Result<NewUser, ValidationEr
 }
 
 fn subtenant(subtenant: &pb::Subtenant) -> Result<Subtenant, ValidationError> {
-    let bounded = |field: &str, value: &str| {
-        if value.is_empty() || value.chars().count() > MAX_SUBTENANT_FIELD_LEN {
-            Err(ValidationError::new(
-                field,
-                format!("must be 1 to {MAX_SUBTENANT_FIELD_LEN} characters"),
-            ))
-        } else if value.chars().any(char::is_control) {
-            Err(ValidationError::new(
-                field,
-                "must not contain control characters",
-            ))
-        } else {
-            Ok(value.to_owned())
-        }
-    };
+    let bounded = |field: &str, value: &str| bounded_text(field, value, 1, MAX_SUBTENANT_FIELD_LEN);
     Ok(Subtenant {
         name: bounded("subtenant.name", &subtenant.name)?,
         provider_id: bounded("subtenant.provider_id", &subtenant.provider_id)?,

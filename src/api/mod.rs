@@ -15,10 +15,12 @@ use tracing::{Instrument, Span, field};
 use crate::access::{Access, Caller};
 use crate::cache::fingerprint;
 use crate::deadline;
-use crate::domain::{ScopeSet, UserId, ValidationError, code_verifier, opaque_value, redirect_uri};
+use crate::domain::{
+    ScopeSet, UserId, ValidationError, code_verifier, opaque_value, redirect_uri, sha256_hex,
+};
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
-use crate::provider::Provider;
+use crate::provider::{Provider, WIDGET_SCOPE};
 use crate::service::{AuthService, CacheOutcome, CodeExchange, Error};
 use crate::telemetry::{Metrics, propagation};
 
@@ -230,22 +232,6 @@ impl AuthServiceRpc for AuthApi {
     }
 }
 
-/// A SHA-256 as 64 lowercase hex characters.
-fn sha256_hex(field: &str, value: &str) -> Result<String, ValidationError> {
-    if value.len() == 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(value.to_owned())
-    } else {
-        Err(ValidationError::new(
-            field,
-            "must be 64 lowercase hex characters",
-        ))
-    }
-}
-
 /// Optional request fields are empty strings on the wire.
 fn optional<T>(
     value: &str,
@@ -265,9 +251,6 @@ fn record_cache(outcome: CacheOutcome) {
 /// The log target of audit events: one per token issued or user created,
 /// naming the caller; never the token.
 const AUDIT: &str = "bankauth::audit";
-
-/// The scope of every widget token.
-const WIDGET_SCOPE: &str = "widget_authentication";
 
 fn audit_token(
     caller: &Caller,
