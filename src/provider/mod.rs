@@ -20,13 +20,12 @@ use std::time::Duration;
 pub use client_auth::{ClientAuth, random_hex};
 pub use discovery::Endpoints;
 pub use error::ProviderError;
-pub use http::MAX_BODY_BYTES;
 pub use id_token::{Expected, IdTokenClaims, IdTokenError, find_key};
 pub use signing::{KeyError, SigningAlgorithm, SigningKey};
 pub use token::{Grant, TokenResponse};
 
 use crate::cache::Cache;
-use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig, ProviderKind};
+use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig};
 use crate::domain::{AccessToken, Scope, ScopeSet, UserId};
 use crate::telemetry::Metrics;
 use budget::RequestBudget;
@@ -60,7 +59,6 @@ pub enum SetupError {
 #[derive(Debug)]
 pub struct Provider {
     name: String,
-    kind: ProviderKind,
     config: ProviderConfig,
     upstream: Upstream,
     /// Swapped as a whole when discovery is re-run.
@@ -143,7 +141,6 @@ impl Provider {
             })?;
         Ok(Self {
             name: name.to_owned(),
-            kind: config.kind,
             config: config.clone(),
             endpoints: RwLock::new(Arc::new(endpoints)),
             token_endpoint: TokenEndpoint {
@@ -189,10 +186,6 @@ impl Provider {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn kind(&self) -> ProviderKind {
-        self.kind
     }
 
     pub fn client_id(&self) -> &str {

@@ -1,5 +1,6 @@
 use std::process::Command;
 
+use bankauth::config::ProviderKind;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -149,6 +150,13 @@ fn the_readme_configuration_is_valid() {
     let end = start + readme[start..].find("```").unwrap();
     let config = bankauth::config::Config::from_toml(&readme[start..end])
         .unwrap_or_else(|e| panic!("the README's configuration does not parse: {e}"));
-    let kinds: Vec<_> = config.providers.values().map(|p| p.kind.as_str()).collect();
-    assert_eq!(kinds, ["moneyhub", "moneykit", "oauth2"]);
+    let kinds: Vec<_> = config.providers.values().map(|p| p.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ProviderKind::Moneyhub,
+            ProviderKind::Moneykit,
+            ProviderKind::Oauth2
+        ]
+    );
 }
