@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use bankauth::config::Config;
 #[cfg(feature = "sandbox")]
 use bankauth::demo::{DemoUpstream, banner};
-use bankauth::provider::Providers;
 #[cfg(feature = "sandbox")]
 use bankauth::sandbox::SandboxOptions;
 use bankauth::server::{Application, shutdown_signal};
@@ -89,10 +88,7 @@ async fn demo(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 
 fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(path.as_deref())?;
-    bankauth::server::usable_tls(&config)?;
-    Providers::check(&config)?;
-    config.cache_sealer()?;
-    config.redis_target()?;
+    bankauth::server::check(&config)?;
     println!(
         "configuration is valid: {} provider(s)",
         config.providers.len()

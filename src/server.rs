@@ -16,6 +16,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::access::Access;
 use crate::api::{AuthApi, AuthServiceServer};
+use crate::cache::seal::Sealer;
 use crate::cache::{Cache, CacheError, RedisTarget};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -83,14 +84,12 @@ impl Application {
     /// Validates the configuration, loads keys, connects to Redis (when
     /// configured) and binds the listen address. Every failure names its cause.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        config.validate()?;
-        let tls = usable_tls(&config)?;
+        let Checked { tls, redis, sealer } = check(&config)?;
         let metrics = Arc::new(Metrics::default());
-        let redis = config.redis_target()?;
         let cache = Cache::connect(
             redis.as_ref(),
             config.cache.require_redis_at_startup,
-            config.cache_sealer()?,
+            sealer,
             config.cache_tiers(),
             metrics.clone(),
         )
@@ -240,6 +239,27 @@ impl Application {
             }
         }
     }
+}
+
+/// What the offline startup checks build, for startup to go on with.
+pub struct Checked {
+    pub tls: Option<ServerTlsConfig>,
+    pub redis: Option<RedisTarget>,
+    pub sealer: Sealer,
+}
+
+/// Every startup check that needs no network, the one list both
+/// [`Application::build`] (before it connects to anything) and
+/// `bankauth check-config` run: the configuration's own rules, the server's
+/// TLS certificate and key, the cache's Redis target and sealing key, and
+/// each provider's keys and secrets.
+pub fn check(config: &Config) -> Result<Checked, ConfigError> {
+    config.validate()?;
+    let tls = usable_tls(config)?;
+    let redis = config.redis_target()?;
+    let sealer = config.cache_sealer()?;
+    Providers::check(config)?;
+    Ok(Checked { tls, redis, sealer })
 }
 
 /// The server's TLS configuration with its certificate and key parsed, so
