@@ -1,6 +1,7 @@
 //! Who may ask for which token: callers authenticate with an API key
-//! (`authorization: Bearer <key>`), and each caller's policy names the RPCs,
-//! providers and scopes it may use, and how fast.
+//! (`authorization: Bearer <key>`) or a client certificate (mutual TLS,
+//! matched by the names it carries), and each caller's policy names the
+//! RPCs, providers and scopes it may use, and how fast.
 //!
 //! The configuration holds only SHA-256 hashes of the keys, so a leaked
 //! configuration file or ConfigMap gives no working key.

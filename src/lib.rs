@@ -2,8 +2,23 @@
 //! provider credentials, manages the provider's tenant users, and issues
 //! user-scoped access tokens, caching each until shortly before it expires.
 //!
-//! Layers, outside in: [`api`] (gRPC) → [`service`] (logic) → [`cache`] and
-//! [`provider`] (upstream HTTP). [`server`] wires them from [`config`].
+//! Layers, top down; a module imports only from the layers below it:
+//!
+//! - `main` (the binary) → [`server`] (startup, serving, shutdown, wiring
+//!   everything from [`config`]);
+//! - [`api`] (gRPC: validation, caller checks through [`access`], errors to
+//!   statuses);
+//! - [`service`] (the logic: users and tokens through the cache);
+//! - [`provider`] (upstream HTTP: token endpoints, SCIM, ID tokens) and
+//!   [`access`] (who may call what);
+//! - [`cache`] (token tiers, single flight, sealing);
+//! - on the ground floor, importing nothing of the service: [`config`]
+//!   (plain data), [`domain`] (validated types), [`deadline`], [`proto`] and
+//!   [`telemetry`].
+//!
+//! With the `sandbox` feature (the default), `sandbox` (a fake provider
+//! speaking the upstream protocols) and `demo` (bankauth wired to it) sit
+//! beside [`server`], for the demo, the tests and the benchmark.
 
 pub mod access;
 pub mod api;

@@ -1,8 +1,10 @@
 //! Single flight: concurrent misses for one key share one upstream call.
 //!
 //! The call runs as a detached task, so a caller that gives up (its deadline
-//! passes, it is cancelled) cancels nothing for the others; the task is
-//! bounded by the provider's own request timeout instead.
+//! passes, it is cancelled) cancels nothing for the others. The task runs
+//! under a shared [`Deadline`] that each caller joining it extends to its
+//! own, so it goes on for as long as anyone still waits; a background
+//! refresh has no deadline and is bounded by the provider's own limits.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,6 +1,8 @@
 //! The upstream protocols: each configured provider's token endpoint, SCIM
-//! users endpoint and ID-token keys. Knows HTTP and OAuth, nothing of gRPC
-//! or caching.
+//! users endpoint and ID-token keys. Knows HTTP and OAuth, nothing of gRPC.
+//! Caching tokens is the service's and the cache's business; the provider
+//! only shares its request budget with other replicas through the cache's
+//! shared buckets (`budget.rs`).
 
 mod budget;
 mod client_auth;
