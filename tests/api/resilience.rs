@@ -620,11 +620,12 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
             .issue_widget_token(widget_within(&fresh, Duration::from_secs(5)))
             .await
             .unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("bankauth:v2:token:*")
+        let key = crate::helpers::widget_key(&upstream.sandbox, &fresh);
+        let stored: bool = redis::cmd("EXISTS")
+            .arg(key.name())
             .query(&mut connection)
             .unwrap();
-        if !keys.is_empty() {
+        if stored {
             break;
         }
         assert!(
