@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use crate::config::{AccessConfig, CallerConfig};
+use crate::token_bucket::TokenBucket;
 
 /// The RPC names a policy may list.
 pub const RPCS: &[&str] = &[
@@ -188,6 +189,7 @@ impl Caller {
             Mutex::new(TokenBucket::new(
                 rate,
                 config.burst.unwrap_or(rate.ceil().max(1.0)),
+                Instant::now(),
             ))
         });
         let cert_names = config
@@ -243,57 +245,5 @@ impl Caller {
             what,
             value: value.to_owned(),
         }
-    }
-}
-
-/// Refills at `rate` tokens a second up to `burst`; a request takes one.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    updated: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            updated: Instant::now(),
-        }
-    }
-
-    /// Takes a token, or says how long until one is available.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(2.0, 3.0);
-        bucket.updated = start;
-        for _ in 0..3 {
-            assert!(bucket.take(start).is_ok());
-        }
-        let wait = bucket.take(start).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(500));
-        assert!(bucket.take(start + Duration::from_millis(500)).is_ok());
-        assert!(bucket.take(start + Duration::from_millis(500)).is_err());
     }
 }

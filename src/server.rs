@@ -99,7 +99,8 @@ impl Application {
             key: redis.as_ref().map_or("cache", RedisTarget::config_key),
             source,
         })?;
-        let providers = Providers::connect(&config, metrics.clone(), &cache).await?;
+        let providers =
+            Providers::connect(&config, metrics.clone(), &cache.shared_buckets()).await?;
         let service = Arc::new(AuthService::new(
             providers.clone(),
             cache.clone(),
