@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
-use crate::config::{AccessConfig, CallerConfig};
+use crate::config::{AccessConfig, CallerConfig, ConfigError, Sha256Hex};
 use crate::token_bucket::TokenBucket;
 
 /// The RPC names a policy may list.
@@ -26,6 +26,22 @@ pub const RPCS: &[&str] = &[
     "RefreshToken",
     "InvalidateToken",
 ];
+
+/// Checks that each policy lists RPC names from [`RPCS`] (or `"*"`): the
+/// part of `access` that only the API knows. The rest is checked by
+/// [`AccessConfig::validate`](crate::config::Config::validate).
+pub fn validate(config: &AccessConfig) -> Result<(), ConfigError> {
+    for (name, caller) in &config.callers {
+        let known_rpc = |rpc: &String| rpc == "*" || RPCS.contains(&rpc.as_str());
+        if caller.rpcs.is_empty() || !caller.rpcs.iter().all(known_rpc) {
+            return Err(ConfigError::invalid(
+                format!("access.callers.{name}.rpcs"),
+                format!("list RPC names from {RPCS:?}, or \"*\""),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Why a request was refused. Never carries the key itself.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -183,7 +199,8 @@ impl Caller {
         let key_hashes = config
             .api_key_sha256
             .iter()
-            .filter_map(|hex_hash| hex::decode(hex_hash).ok()?.try_into().ok())
+            .filter_map(|hex_hash| Sha256Hex::parse(hex_hash).ok())
+            .map(|hash| *hash.digest())
             .collect();
         let limiter = config.requests_per_second.map(|rate| {
             Mutex::new(TokenBucket::new(
@@ -244,6 +261,26 @@ impl Caller {
             caller: self.name.clone(),
             what,
             value: value.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::config::tests::MINIMAL;
+
+    #[test]
+    fn policies_name_known_rpcs() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        validate(&config.access).unwrap();
+        for rpcs in ["[\"IssueToken\"]", "[]"] {
+            let toml = MINIMAL.replace("rpcs = [\"*\"]", &format!("rpcs = {rpcs}"));
+            let error = validate(&Config::from_toml(&toml).unwrap().access)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("access.callers.app.rpcs"), "{error:?}");
         }
     }
 }

@@ -2,8 +2,20 @@
 //! provider credentials, manages the provider's tenant users, and issues
 //! user-scoped access tokens, caching each until shortly before it expires.
 //!
-//! Layers, outside in: [`api`] (gRPC) → [`service`] (logic) → [`cache`] and
-//! [`provider`] (upstream HTTP). [`server`] wires them from [`config`].
+//! Layers, outside in. A module imports only modules on lower lines, so
+//! none imports one that imports it back:
+//!
+//! 1. [`server`] wires the rest from a [`config`]; [`demo`] runs it against
+//!    the [`sandbox`] provider.
+//! 2. [`api`]: gRPC.
+//! 3. [`service`]: the logic.
+//! 4. [`provider`] (upstream HTTP, each kind's protocol) and [`access`]
+//!    (callers' policies).
+//! 5. [`cache`]: the token cache and Redis names.
+//! 6. [`telemetry`]: logs, metrics and traces.
+//! 7. The ground floor, importing nothing of the service: [`config`] (plain
+//!    data), [`domain`], [`deadline`], [`proto`], [`random`] and
+//!    [`token_bucket`].
 
 pub mod access;
 pub mod api;

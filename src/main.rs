@@ -2,6 +2,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bankauth::cache::RedisTarget;
+use bankauth::cache::seal::Sealer;
 use bankauth::config::Config;
 use bankauth::demo::{DemoUpstream, banner};
 use bankauth::provider::Providers;
@@ -83,10 +85,11 @@ async fn demo(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 
 fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(path.as_deref())?;
+    bankauth::server::validate(&config)?;
     bankauth::server::usable_tls(&config)?;
     Providers::check(&config)?;
-    config.cache_sealer()?;
-    config.redis_target()?;
+    Sealer::from_config(&config.cache)?;
+    RedisTarget::from_config(&config.cache)?;
     println!(
         "configuration is valid: {} provider(s)",
         config.providers.len()

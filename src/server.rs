@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::access::Access;
+use crate::access::{self, Access};
 use crate::api::{AuthApi, AuthServiceServer};
-use crate::cache::{Cache, CacheError, RedisTarget};
+use crate::cache::seal::Sealer;
+use crate::cache::{Cache, CacheError, ExpiryPolicy, RedisTarget, Tiers};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::provider::{Providers, SetupError};
@@ -83,15 +85,15 @@ impl Application {
     /// Validates the configuration, loads keys, connects to Redis (when
     /// configured) and binds the listen address. Every failure names its cause.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        config.validate()?;
+        validate(&config)?;
         let tls = usable_tls(&config)?;
         let metrics = Arc::new(Metrics::default());
-        let redis = config.redis_target()?;
+        let redis = RedisTarget::from_config(&config.cache)?;
         let cache = Cache::connect(
             redis.as_ref(),
             config.cache.require_redis_at_startup,
-            config.cache_sealer()?,
-            config.cache_tiers(),
+            Sealer::from_config(&config.cache)?,
+            Tiers::from_config(&config.cache),
             metrics.clone(),
         )
         .await
@@ -104,7 +106,7 @@ impl Application {
         let service = Arc::new(AuthService::new(
             providers.clone(),
             cache.clone(),
-            config.expiry_policy(),
+            ExpiryPolicy::from_config(&config.cache),
             metrics.clone(),
         ));
         let listener = bind(config.server.listen_addr, "server.listen_addr").await?;
@@ -246,7 +248,7 @@ impl Application {
 /// The server's TLS configuration with its certificate and key parsed, so
 /// a bad one is found at startup (and by `check-config`), naming the key.
 pub fn usable_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
-    let tls = config.server_tls()?;
+    let tls = server_tls(&config.server)?;
     if let Some(tls) = &tls {
         Server::builder().tls_config(tls.clone()).map_err(|e| {
             ConfigError::invalid(
@@ -256,6 +258,45 @@ pub fn usable_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigErro
         })?;
     }
     Ok(tls)
+}
+
+/// Reads the server's TLS files; errors name the key.
+fn server_tls(config: &ServerConfig) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    use tonic::transport::{Certificate, Identity};
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let read = |key: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot be read: {e}")))
+    };
+    let identity = Identity::from_pem(
+        read("server.tls.cert_file", &tls.cert_file)?,
+        read("server.tls.key_file", &tls.key_file)?,
+    );
+    let mut tls_config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        // API-key callers connect without a certificate.
+        tls_config = tls_config
+            .client_ca_root(Certificate::from_pem(read(
+                "server.tls.client_ca_file",
+                ca,
+            )?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls_config))
+}
+
+/// Every check a configuration must pass offline: its own consistency
+/// ([`Config::validate`]), the RPC names policies list
+/// ([`access::validate`]) and each provider kind's rules
+/// ([`provider::kinds::validate`](crate::provider::kinds::validate)).
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    config.validate()?;
+    access::validate(&config.access)?;
+    for (name, provider) in &config.providers {
+        crate::provider::kinds::validate(&format!("providers.{name}"), provider)?;
+    }
+    Ok(())
 }
 
 /// Accepted connections with Nagle off: a response's headers, body and

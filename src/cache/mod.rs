@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::CacheConfig;
 use crate::domain::{AccessToken, ScopeSet, UserId};
 use crate::random::{random_hex, unit_random};
 use crate::telemetry::Metrics;
@@ -112,6 +113,15 @@ pub struct Tiers {
     pub memory_ttl: Duration,
 }
 
+impl Tiers {
+    pub fn from_config(config: &CacheConfig) -> Self {
+        Self {
+            max_entries: config.max_entries,
+            memory_ttl: Duration::from_secs(config.memory_ttl_secs),
+        }
+    }
+}
+
 /// When tokens stop being served and start being refreshed.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpiryPolicy {
@@ -125,6 +135,14 @@ pub struct ExpiryPolicy {
 }
 
 impl ExpiryPolicy {
+    pub fn from_config(config: &CacheConfig) -> Self {
+        Self {
+            margin: Duration::from_secs(config.safety_margin_secs),
+            margin_fraction: config.safety_margin_fraction,
+            refresh_window: (config.refresh_window[0], config.refresh_window[1]),
+        }
+    }
+
     /// The cache entry for `provider`'s `token`, whose request was sent at `issued_at_ms`.
     pub fn entry(&self, provider: &str, token: AccessToken, issued_at_ms: i64) -> CachedToken {
         let expires_at_ms = token.expires_at.saturating_mul(1000);

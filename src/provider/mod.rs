@@ -8,6 +8,7 @@ mod discovery;
 mod error;
 mod http;
 mod id_token;
+pub mod kinds;
 mod resilience;
 pub mod scim;
 mod signing;
