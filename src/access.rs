@@ -14,7 +14,8 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
-use crate::config::{AccessConfig, CallerConfig};
+use crate::config::{AccessConfig, CallerConfig, ConfigError, Sha256Hex};
+use crate::token_bucket::TokenBucket;
 
 /// The RPC names a policy may list.
 pub const RPCS: &[&str] = &[
@@ -26,6 +27,22 @@ pub const RPCS: &[&str] = &[
     "RefreshToken",
     "InvalidateToken",
 ];
+
+/// Checks that each policy lists RPC names from [`RPCS`] (or `"*"`): the
+/// part of `access` that only the API knows. The rest is checked by
+/// [`AccessConfig::validate`](crate::config::Config::validate).
+pub fn validate(config: &AccessConfig) -> Result<(), ConfigError> {
+    for (name, caller) in &config.callers {
+        let known_rpc = |rpc: &String| rpc == "*" || RPCS.contains(&rpc.as_str());
+        if caller.rpcs.is_empty() || !caller.rpcs.iter().all(known_rpc) {
+            return Err(ConfigError::invalid(
+                format!("access.callers.{name}.rpcs"),
+                format!("list RPC names from {RPCS:?}, or \"*\""),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Why a request was refused. Never carries the key itself.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -183,12 +200,14 @@ impl Caller {
         let key_hashes = config
             .api_key_sha256
             .iter()
-            .filter_map(|hex_hash| hex::decode(hex_hash).ok()?.try_into().ok())
+            .filter_map(|hex_hash| Sha256Hex::parse(hex_hash).ok())
+            .map(|hash| *hash.digest())
             .collect();
         let limiter = config.requests_per_second.map(|rate| {
             Mutex::new(TokenBucket::new(
                 rate,
                 config.burst.unwrap_or(rate.ceil().max(1.0)),
+                Instant::now(),
             ))
         });
         let cert_names = config
@@ -247,54 +266,22 @@ impl Caller {
     }
 }
 
-/// Refills at `rate` tokens a second up to `burst`; a request takes one.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    updated: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            updated: Instant::now(),
-        }
-    }
-
-    /// Takes a token, or says how long until one is available.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::config::tests::MINIMAL;
 
     #[test]
-    fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(2.0, 3.0);
-        bucket.updated = start;
-        for _ in 0..3 {
-            assert!(bucket.take(start).is_ok());
+    fn policies_name_known_rpcs() {
+        let config = Config::from_toml(MINIMAL).unwrap();
+        validate(&config.access).unwrap();
+        for rpcs in ["[\"IssueToken\"]", "[]"] {
+            let toml = MINIMAL.replace("rpcs = [\"*\"]", &format!("rpcs = {rpcs}"));
+            let error = validate(&Config::from_toml(&toml).unwrap().access)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("access.callers.app.rpcs"), "{error:?}");
         }
-        let wait = bucket.take(start).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(500));
-        assert!(bucket.take(start + Duration::from_millis(500)).is_ok());
-        assert!(bucket.take(start + Duration::from_millis(500)).is_err());
     }
 }

@@ -2,23 +2,25 @@
 //! provider credentials, manages the provider's tenant users, and issues
 //! user-scoped access tokens, caching each until shortly before it expires.
 //!
-//! Layers, top down; a module imports only from the layers below it:
+//! Layers, outside in. A module imports only modules on lower lines, so
+//! none imports one that imports it back:
 //!
-//! - `main` (the binary) → [`server`] (startup, serving, shutdown, wiring
-//!   everything from [`config`]);
-//! - [`api`] (gRPC: validation, caller checks through [`access`], errors to
-//!   statuses);
-//! - [`service`] (the logic: users and tokens through the cache);
-//! - [`provider`] (upstream HTTP: token endpoints, SCIM, ID tokens) and
-//!   [`access`] (who may call what);
-//! - [`cache`] (token tiers, single flight, sealing);
-//! - on the ground floor, importing nothing of the service: [`config`]
-//!   (plain data), [`domain`] (validated types), [`deadline`], [`proto`] and
-//!   [`telemetry`].
+//! 1. [`server`] wires the rest from a [`config`]; [`demo`] runs it against
+//!    the [`sandbox`] provider.
+//! 2. [`api`], the gRPC surface.
+//! 3. [`service`], the logic.
+//! 4. [`provider`] (upstream HTTP, each kind's protocol) and [`access`]
+//!    (callers' policies).
+//! 5. [`cache`], the token cache and Redis names.
+//! 6. [`telemetry`], logs, metrics and traces.
+//! 7. The ground floor, importing nothing of the service: [`config`] (plain
+//!    data), [`domain`], [`deadline`], [`proto`], [`random`] and
+//!    [`token_bucket`].
 //!
-//! With the `sandbox` feature (the default), `sandbox` (a fake provider
-//! speaking the upstream protocols) and `demo` (bankauth wired to it) sit
-//! beside [`server`], for the demo, the tests and the benchmark.
+//! With the `sandbox` feature (the default), [`sandbox`] (a fake provider
+//! speaking the upstream protocols) and [`demo`] (bankauth wired to it) are
+//! built too, for the demo, the tests and the benchmark; the image is built
+//! without them.
 
 pub mod access;
 pub mod api;
@@ -30,8 +32,10 @@ pub mod demo;
 pub mod domain;
 pub mod proto;
 pub mod provider;
+pub mod random;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod token_bucket;

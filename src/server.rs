@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +15,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::access::Access;
+use crate::access::{self, Access};
 use crate::api::{AuthApi, AuthServiceServer};
 use crate::cache::seal::Sealer;
-use crate::cache::{Cache, CacheError, RedisTarget};
+use crate::cache::{Cache, CacheError, ExpiryPolicy, RedisTarget, Tiers};
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::provider::{Providers, SetupError};
@@ -90,7 +91,7 @@ impl Application {
             redis.as_ref(),
             config.cache.require_redis_at_startup,
             sealer,
-            config.cache_tiers(),
+            Tiers::from_config(&config.cache),
             metrics.clone(),
         )
         .await
@@ -98,11 +99,12 @@ impl Application {
             key: redis.as_ref().map_or("cache", RedisTarget::config_key),
             source,
         })?;
-        let providers = Providers::connect(&config, metrics.clone(), &cache).await?;
+        let providers =
+            Providers::connect(&config, metrics.clone(), &cache.shared_buckets()).await?;
         let service = Arc::new(AuthService::new(
             providers.clone(),
             cache.clone(),
-            config.expiry_policy(),
+            ExpiryPolicy::from_config(&config.cache),
             metrics.clone(),
         ));
         let listener = bind(config.server.listen_addr, "server.listen_addr").await?;
@@ -254,10 +256,10 @@ pub struct Checked {
 /// TLS certificate and key, the cache's Redis target and sealing key, and
 /// each provider's keys and secrets.
 pub fn check(config: &Config) -> Result<Checked, ConfigError> {
-    config.validate()?;
+    validate(config)?;
     let tls = usable_tls(config)?;
-    let redis = config.redis_target()?;
-    let sealer = config.cache_sealer()?;
+    let redis = RedisTarget::from_config(&config.cache)?;
+    let sealer = Sealer::from_config(&config.cache)?;
     Providers::check(config)?;
     Ok(Checked { tls, redis, sealer })
 }
@@ -265,7 +267,7 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
 /// The server's TLS configuration with its certificate and key parsed, so
 /// a bad one is found at startup (and by `check-config`), naming the key.
 pub fn usable_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
-    let tls = config.server_tls()?;
+    let tls = server_tls(&config.server)?;
     if let Some(tls) = &tls {
         Server::builder().tls_config(tls.clone()).map_err(|e| {
             ConfigError::invalid(
@@ -275,6 +277,45 @@ pub fn usable_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigErro
         })?;
     }
     Ok(tls)
+}
+
+/// Reads the server's TLS files; errors name the key.
+fn server_tls(config: &ServerConfig) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    use tonic::transport::{Certificate, Identity};
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let read = |key: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot be read: {e}")))
+    };
+    let identity = Identity::from_pem(
+        read("server.tls.cert_file", &tls.cert_file)?,
+        read("server.tls.key_file", &tls.key_file)?,
+    );
+    let mut tls_config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        // API-key callers connect without a certificate.
+        tls_config = tls_config
+            .client_ca_root(Certificate::from_pem(read(
+                "server.tls.client_ca_file",
+                ca,
+            )?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls_config))
+}
+
+/// Every check a configuration must pass offline: its own consistency
+/// ([`Config::validate`]), the RPC names policies list
+/// ([`access::validate`]) and each provider kind's rules
+/// ([`provider::kinds::validate`](crate::provider::kinds::validate)).
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    config.validate()?;
+    access::validate(&config.access)?;
+    for (name, provider) in &config.providers {
+        crate::provider::kinds::validate(&format!("providers.{name}"), provider)?;
+    }
+    Ok(())
 }
 
 /// Accepted connections with Nagle off: a response's headers, body and

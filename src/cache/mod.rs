@@ -4,6 +4,7 @@
 //! The cache is an optimisation, never a source of failure: a Redis error is
 //! counted and logged, and the caller is served from the provider instead.
 
+pub mod keys;
 mod memory;
 mod redis_connection;
 mod redis_store;
@@ -16,16 +17,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::CacheConfig;
 use crate::domain::{AccessToken, ScopeSet, UserId};
+use crate::random::{random_hex, unit_random};
 use crate::telemetry::Metrics;
+use keys::KEY_VERSION;
 pub use memory::MemoryStore;
 pub use redis_connection::{RedisTarget, Topology};
 pub use redis_store::{RedisStore, fingerprint};
-
-/// Bumped whenever the key derivation or the stored value's shape changes,
-/// so old entries are simply never read again. v2: entries name their
-/// provider, remembered user ids are sealed.
-const KEY_VERSION: &str = "v2";
 
 /// Who mints a token: everything about the request besides `sub` and the
 /// scopes that could change what comes back. Pointing a provider name at
@@ -62,12 +61,12 @@ impl TokenKey {
 
     /// The key's name in Redis.
     pub fn name(&self) -> String {
-        format!("bankauth:{KEY_VERSION}:token:{}", hex::encode(self.0))
+        keys::token(&self.0)
     }
 
     /// The name of the lock replicas take to fill this key.
     pub fn lock_name(&self) -> String {
-        format!("{}:lock", self.name())
+        keys::lock(&self.name())
     }
 }
 
@@ -114,6 +113,15 @@ pub struct Tiers {
     pub memory_ttl: Duration,
 }
 
+impl Tiers {
+    pub fn from_config(config: &CacheConfig) -> Self {
+        Self {
+            max_entries: config.max_entries,
+            memory_ttl: Duration::from_secs(config.memory_ttl_secs),
+        }
+    }
+}
+
 /// When tokens stop being served and start being refreshed.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpiryPolicy {
@@ -127,6 +135,14 @@ pub struct ExpiryPolicy {
 }
 
 impl ExpiryPolicy {
+    pub fn from_config(config: &CacheConfig) -> Self {
+        Self {
+            margin: Duration::from_secs(config.safety_margin_secs),
+            margin_fraction: config.safety_margin_fraction,
+            refresh_window: (config.refresh_window[0], config.refresh_window[1]),
+        }
+    }
+
     /// The cache entry for `provider`'s `token`, whose request was sent at `issued_at_ms`.
     pub fn entry(&self, provider: &str, token: AccessToken, issued_at_ms: i64) -> CachedToken {
         let expires_at_ms = token.expires_at.saturating_mul(1000);
@@ -143,13 +159,6 @@ impl ExpiryPolicy {
     }
 }
 
-/// A uniform draw from [0, 1) from the system's secure source.
-pub(crate) fn unit_random() -> f64 {
-    let mut bytes = [0u8; 4];
-    aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
-}
-
 /// Identifies a user this service created, by provider and external id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserKey(String);
@@ -157,10 +166,7 @@ pub struct UserKey(String);
 impl UserKey {
     pub fn new(provider: &str, client_id: &str, external_id: &str) -> Self {
         let canonical = serde_json::json!([KEY_VERSION, provider, client_id, external_id]);
-        Self(format!(
-            "bankauth:{KEY_VERSION}:user:{}",
-            hex::encode(Sha256::digest(canonical.to_string()))
-        ))
+        Self(keys::user(&Sha256::digest(canonical.to_string())))
     }
 
     pub fn as_str(&self) -> &str {
@@ -385,7 +391,7 @@ impl Cache {
         let Some(redis) = self.shared() else {
             return Fill::Proceed(None);
         };
-        let owner = crate::provider::random_hex::<16>();
+        let owner = random_hex::<16>();
         loop {
             match redis.try_lock(key, &owner, lock_ttl).await {
                 Ok(true) => {
@@ -504,20 +510,9 @@ impl Cache {
         }
     }
 
-    /// Takes one request from the bucket `name` shared by every replica;
-    /// the wait until one is available, or `None` without a reachable Redis.
-    pub async fn take_from_shared_bucket(
-        &self,
-        name: &str,
-        capacity: f64,
-        per_ms: f64,
-    ) -> Option<Duration> {
-        let redis = self.shared()?;
-        let taken = redis.take_from_bucket(name, capacity, per_ms).await;
-        self.report(
-            taken,
-            "the shared request budget is unavailable; using this replica's own",
-        )
+    /// The handle through which a provider's request budget is shared.
+    pub fn shared_buckets(&self) -> SharedBuckets {
+        SharedBuckets(self.clone())
     }
 
     /// Whether Redis answers PING now; `None` without Redis. Also what
@@ -576,6 +571,25 @@ impl Cache {
                 None
             }
         }
+    }
+}
+
+/// Token buckets shared by every replica through Redis: all a provider's
+/// request budget sees of the cache.
+#[derive(Debug, Clone)]
+pub struct SharedBuckets(Cache);
+
+impl SharedBuckets {
+    /// Takes one request from the bucket `name` (see [`keys::budget`]);
+    /// the wait until one is available, or `None` without a reachable Redis.
+    pub async fn take(&self, name: &str, capacity: f64, per_ms: f64) -> Option<Duration> {
+        let cache = &self.0;
+        let redis = cache.shared()?;
+        let taken = redis.take_from_bucket(name, capacity, per_ms).await;
+        cache.report(
+            taken,
+            "the shared request budget is unavailable; using this replica's own",
+        )
     }
 }
 

@@ -9,6 +9,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::config::{CacheConfig, ConfigError};
+
 /// Where the shared cache lives and how to reach it.
 #[derive(Clone)]
 pub struct RedisTarget {
@@ -17,6 +19,28 @@ pub struct RedisTarget {
     pub ca_pem: Option<Vec<u8>>,
     /// Bound on connecting and on each command.
     pub timeout: Duration,
+}
+
+impl RedisTarget {
+    /// Where the shared cache lives, if anywhere, with the CA file read.
+    pub fn from_config(config: &CacheConfig) -> Result<Option<Self>, ConfigError> {
+        let topology = match &config.redis_url {
+            Some(url) => Topology::SingleNode(url.clone()),
+            None if config.redis_cluster_urls.is_empty() => return Ok(None),
+            None => Topology::Cluster(config.redis_cluster_urls.clone()),
+        };
+        let ca_pem = match &config.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError::invalid("cache.redis_ca_file", format!("cannot be read: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Some(Self {
+            topology,
+            ca_pem,
+            timeout: Duration::from_millis(config.redis_timeout_ms),
+        }))
+    }
 }
 
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::redis_connection::{Connection, RedisTarget};
 use super::seal::Sealer;
-use super::{CacheError, CachedToken, KEY_VERSION, TokenKey, UserKey};
+use super::{CacheError, CachedToken, TokenKey, UserKey, keys};
 
 /// How long a created user's id is remembered: far longer than any retry.
 const REMEMBERED_USER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -69,9 +69,6 @@ redis.call("HSET", KEYS[1], "tokens", tostring(tokens), "at", now)
 redis.call("PEXPIRE", KEYS[1], math.ceil(capacity / per_ms) + 1000)
 return wait
 "#;
-
-/// The channel replicas announce invalidations on, as `<provider> <fingerprint>`.
-const INVALIDATIONS: &str = "bankauth:v2:invalidations";
 
 /// The shared cache on a Redis node or cluster. Every command names one key
 /// (keys of one operation would hash to different cluster slots).
@@ -158,7 +155,7 @@ impl RedisStore {
             .await?;
         let _: () = connection
             .pset_ex(
-                index_name(&token.provider, &fingerprint),
+                keys::fingerprint_index(&token.provider, &fingerprint),
                 &name,
                 millis(ttl),
             )
@@ -236,7 +233,7 @@ impl RedisStore {
     /// Deletes the entry holding `provider`'s token with `fingerprint`, if
     /// it still holds that token, and tells every replica to drop its own copy.
     pub async fn invalidate(&self, provider: &str, fingerprint: &str) -> Result<bool, CacheError> {
-        let index = index_name(provider, fingerprint);
+        let index = keys::fingerprint_index(provider, fingerprint);
         let key: Option<String> = self
             .connection()
             .await?
@@ -266,7 +263,7 @@ impl RedisStore {
         let _: i64 = self
             .connection()
             .await?
-            .publish(INVALIDATIONS, format!("{provider} {fingerprint}"))
+            .publish(keys::invalidations(), format!("{provider} {fingerprint}"))
             .instrument(span("PUBLISH"))
             .await?;
         Ok(deleted)
@@ -279,7 +276,7 @@ impl RedisStore {
         for client in self.subscribers.iter().cycle() {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
-                    if pubsub.subscribe(INVALIDATIONS).await.is_ok() {
+                    if pubsub.subscribe(keys::invalidations()).await.is_ok() {
                         let mut messages = pubsub.on_message();
                         while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await
                         {
@@ -367,11 +364,6 @@ pub fn fingerprint(access_token: &str) -> String {
 }
 
 const FINGERPRINT_LEN: usize = 64;
-
-/// Where the entry holding `provider`'s token with `fingerprint` is named.
-fn index_name(provider: &str, fingerprint: &str) -> String {
-    format!("bankauth:{KEY_VERSION}:fingerprint:{provider}:{fingerprint}")
-}
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())

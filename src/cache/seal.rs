@@ -6,6 +6,9 @@
 //! cold cache. A value that does not open is a miss, never an error.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use secrecy::ExposeSecret;
+
+use crate::config::{CacheConfig, ConfigError, resolve_secret};
 
 const PREFIX: &[u8] = b"v1.";
 
@@ -29,6 +32,28 @@ impl std::fmt::Debug for Sealer {
 pub struct BadKey;
 
 impl Sealer {
+    /// Reads the cache encryption keys; errors name the key at fault.
+    pub fn from_config(config: &CacheConfig) -> Result<Self, ConfigError> {
+        let keys = config
+            .encryption_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let name = format!("cache.encryption_keys[{i}]");
+                let encoded = resolve_secret(&name, "key", &key.key, &key.key_file, &key.key_env)?;
+                let bytes = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    encoded.expose_secret().trim(),
+                )
+                .ok()
+                .filter(|bytes| bytes.len() == 32)
+                .ok_or_else(|| ConfigError::invalid(&name, "must be 32 bytes, Base64-encoded"))?;
+                Ok((key.id.clone(), bytes))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Self::new(keys).map_err(|e| ConfigError::invalid("cache.encryption_keys", e.to_string()))
+    }
+
     /// `keys` as `(id, 32 raw bytes)`, the sealing key first.
     pub fn new(keys: Vec<(String, Vec<u8>)>) -> Result<Self, BadKey> {
         let keys = keys

@@ -7,11 +7,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::ProviderError;
-use crate::cache::Cache;
+use crate::cache::{SharedBuckets, keys};
+use crate::token_bucket::TokenBucket;
 
 /// The share of the published limit that refills each minute; the rest is
 /// the burst. Burst plus a minute's refill is the limit, so no sliding
@@ -24,10 +24,10 @@ pub struct RequestBudget {
     /// Redis key of the shared bucket (a hash: it names no client id).
     name: String,
     shared: Shape,
-    /// Holds the shared bucket when it has Redis.
-    cache: Cache,
+    /// Holds the shared bucket when the cache has Redis.
+    buckets: SharedBuckets,
     /// This replica's share, used without Redis and while Redis is unreachable.
-    local: Mutex<Bucket>,
+    local: Mutex<TokenBucket>,
 }
 
 /// A token bucket's size and refill rate.
@@ -48,39 +48,29 @@ impl Shape {
     }
 }
 
-#[derive(Debug)]
-struct Bucket {
-    shape: Shape,
-    tokens: f64,
-    at: Instant,
-}
-
 impl RequestBudget {
     /// A budget for a provider allowing `per_minute` requests a minute to
-    /// `client_id`, shared through `cache`'s Redis when it has one, by up
+    /// `client_id`, shared through `buckets` when the cache has Redis, by up
     /// to `replicas` replicas.
     pub fn new(
         provider: &str,
         client_id: &str,
         per_minute: u32,
         replicas: u32,
-        cache: Cache,
+        buckets: SharedBuckets,
     ) -> Self {
         let per_minute = f64::from(per_minute.max(1));
         let local = Shape::for_limit(per_minute / f64::from(replicas.max(1)));
-        let identity = serde_json::json!(["v1", provider, client_id]).to_string();
         Self {
-            name: format!(
-                "bankauth:v1:budget:{}",
-                hex::encode(Sha256::digest(identity))
-            ),
+            name: keys::budget(provider, client_id),
             shared: Shape::for_limit(per_minute),
-            cache,
-            local: Mutex::new(Bucket {
-                shape: local,
-                tokens: local.capacity,
-                at: Instant::now(),
-            }),
+            buckets,
+            // The tokio clock, which tests may pause, as the budget always read.
+            local: Mutex::new(TokenBucket::new(
+                local.per_ms * 1000.0,
+                local.capacity,
+                Instant::now().into_std(),
+            )),
         }
     }
 
@@ -101,23 +91,16 @@ impl RequestBudget {
 
     async fn take(&self) -> Duration {
         if let Some(wait) = self
-            .cache
-            .take_from_shared_bucket(&self.name, self.shared.capacity, self.shared.per_ms)
+            .buckets
+            .take(&self.name, self.shared.capacity, self.shared.per_ms)
             .await
         {
             return wait;
         }
         let mut bucket = self.local.lock().expect("budget lock");
-        let Shape { capacity, per_ms } = bucket.shape;
-        let now = Instant::now();
-        let refill = now.duration_since(bucket.at).as_secs_f64() * 1000.0 * per_ms;
-        bucket.tokens = (bucket.tokens + refill).min(capacity);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - bucket.tokens) / per_ms / 1000.0)
+        match bucket.take(Instant::now().into_std()) {
+            Ok(()) => Duration::ZERO,
+            Err(wait) => wait,
         }
     }
 }

@@ -10,6 +10,7 @@ use url::form_urlencoded;
 
 use super::{KeyError, SigningKey};
 use crate::config::{AssertionAudience, ClientAuthMethod, ConfigError, ProviderConfig};
+use crate::random::random_hex;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Client assertions are single-use; a short life limits a leaked one.
@@ -126,11 +127,4 @@ impl ClientAuth {
             }
         }
     }
-}
-
-/// `N` random bytes in hex, from the system's secure source.
-pub fn random_hex<const N: usize>() -> String {
-    let mut bytes = [0u8; N];
-    aws_lc_rs::rand::fill(&mut bytes).expect("the system random source is available");
-    hex::encode(bytes)
 }

@@ -6,7 +6,8 @@ use url::Url;
 
 use super::ProviderError;
 use super::http::Upstream;
-use crate::config::{ProviderConfig, join_path};
+use super::kinds::join_path;
+use crate::config::ProviderConfig;
 
 /// A provider's endpoints, as configured or discovered.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ mod discovery;
 mod error;
 mod http;
 mod id_token;
+pub mod kinds;
 mod resilience;
 pub mod scim;
 mod signing;
@@ -19,14 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use client_auth::{ClientAuth, random_hex};
+pub use client_auth::ClientAuth;
 pub use discovery::Endpoints;
 pub use error::ProviderError;
 pub use id_token::{Expected, IdTokenClaims, IdTokenError, find_key};
 pub use signing::{KeyError, SigningAlgorithm, SigningKey};
 pub use token::{Grant, TokenResponse};
 
-use crate::cache::Cache;
+use crate::cache::SharedBuckets;
 use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig};
 use crate::domain::{AccessToken, Scope, ScopeSet, UserId};
 use crate::telemetry::Metrics;
@@ -96,13 +97,13 @@ impl Provider {
     }
 
     /// Builds the provider, running OpenID discovery when only an issuer is configured.
-    /// `cache` shares the provider's request budget between up to `replicas` replicas.
+    /// `buckets` shares the provider's request budget between up to `replicas` replicas.
     pub async fn connect(
         name: &str,
         config: &ProviderConfig,
         replicas: u32,
         metrics: Arc<Metrics>,
-        cache: &Cache,
+        buckets: &SharedBuckets,
     ) -> Result<Self, SetupError> {
         let (auth, client) = Self::prepare(name, config)?;
         let breaker = |name| {
@@ -130,7 +131,7 @@ impl Provider {
                     &config.client_id,
                     per_minute,
                     replicas,
-                    cache.clone(),
+                    buckets.clone(),
                 ))
             }),
             default_deadline: longest_fetch(config),
@@ -299,7 +300,7 @@ impl Providers {
     pub async fn connect(
         config: &Config,
         metrics: Arc<Metrics>,
-        cache: &Cache,
+        buckets: &SharedBuckets,
     ) -> Result<Self, SetupError> {
         let mut providers = BTreeMap::new();
         for (name, provider) in &config.providers {
@@ -308,7 +309,7 @@ impl Providers {
                 provider,
                 config.cache.max_replicas,
                 metrics.clone(),
-                cache,
+                buckets,
             )
             .await?;
             providers.insert(name.clone(), Arc::new(provider));

@@ -56,7 +56,7 @@ impl RetryPolicy {
             .base_delay
             .saturating_mul(1 << (attempt - 1).min(16))
             .min(self.max_delay);
-        Some(step.mul_f64(crate::cache::unit_random()))
+        Some(step.mul_f64(crate::random::unit_random()))
     }
 }
 

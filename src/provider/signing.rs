@@ -15,27 +15,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::Jwk;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// The JWS algorithms bankauth signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum SigningAlgorithm {
-    #[default]
-    RS256,
-    PS256,
-    ES256,
-}
-
-impl SigningAlgorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RS256 => "RS256",
-            Self::PS256 => "PS256",
-            Self::ES256 => "ES256",
-        }
-    }
-}
+pub use crate::config::SigningAlgorithm;
 
 /// Why a private key could not be used. Never includes key material.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +223,7 @@ impl SigningKey {
 mod tests {
     use super::*;
     use jsonwebtoken::{DecodingKey, Validation, decode};
+    use serde::Deserialize;
 
     #[derive(Serialize, Deserialize)]
     struct Claims {

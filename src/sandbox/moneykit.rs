@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use url::form_urlencoded;
 
 use super::{Endpoint, State, error_body, serve_fault};
-use crate::provider::random_hex;
+use crate::random::random_hex;
 
 const UNAUTHORIZED: &str = "api_error.auth.unauthorized";
 

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{Endpoint, ExpiryField, IdTokenFault, SUPPORTED_SCOPES, State, serve_fault};
-use crate::provider::{SigningAlgorithm, SigningKey, find_key, random_hex};
+use crate::provider::{SigningAlgorithm, SigningKey, find_key};
+use crate::random::random_hex;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 

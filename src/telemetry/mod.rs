@@ -20,7 +20,6 @@ use opentelemetry_otlp::{
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -32,16 +31,7 @@ pub use metrics::Metrics;
 /// specification's default `OTEL_EXPORTER_OTLP_TIMEOUT`).
 const OTLP_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
+pub use crate::config::LogFormat;
 
 /// Flushes buffered spans when dropped, so the last ones are not lost at exit.
 pub struct TelemetryGuard {

@@ -149,6 +149,7 @@ fn the_readme_configuration_is_valid() {
         + "```toml\n".len();
     let end = start + readme[start..].find("```").unwrap();
     let config = bankauth::config::Config::from_toml(&readme[start..end])
+        .and_then(|config| bankauth::server::validate(&config).map(|()| config))
         .unwrap_or_else(|e| panic!("the README's configuration does not parse: {e}"));
     let kinds: Vec<_> = config.providers.values().map(|p| p.kind).collect();
     assert_eq!(

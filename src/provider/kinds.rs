@@ -1,0 +1,349 @@
+//! Each provider kind's protocol, in one place: Moneyhub, MoneyKit and any
+//! OAuth 2.0 token endpoint. Their published rate limits, MoneyKit's API,
+//! Moneyhub's SCIM default, how each authenticates, and the keys each kind
+//! requires or refuses. The configuration holds only what was written.
+
+use url::Url;
+
+use crate::config::{ClientAuthMethod, ConfigError, ProviderConfig, ProviderKind};
+use crate::domain::Scope;
+
+/// MoneyKit's production API.
+pub const MONEYKIT_API: &str = "https://api.moneykit.com/";
+
+/// What each kind implies where a key is unset.
+impl ProviderConfig {
+    /// The provider's published limit: Moneyhub allows 1,000 requests a
+    /// minute per API client, MoneyKit's token endpoint 300.
+    pub fn rate_limit_per_minute(&self) -> Option<u32> {
+        let published = match self.kind {
+            ProviderKind::Moneyhub => Some(1_000),
+            ProviderKind::Moneykit => Some(300),
+            ProviderKind::Oauth2 => None,
+        };
+        self.rate_limit_per_minute.or(published).filter(|n| *n > 0)
+    }
+
+    pub fn client_auth(&self) -> ClientAuthMethod {
+        self.client_auth.unwrap_or(match self.kind {
+            ProviderKind::Moneykit => ClientAuthMethod::ClientSecretBasic,
+            _ => ClientAuthMethod::PrivateKeyJwt,
+        })
+    }
+
+    /// The token endpoint when it is known without discovery.
+    pub fn static_token_url(&self) -> Option<Url> {
+        match (&self.token_url, self.kind) {
+            (Some(url), _) => Some(url.clone()),
+            (None, ProviderKind::Moneykit) => {
+                let base = self
+                    .base_url
+                    .clone()
+                    .unwrap_or_else(|| MONEYKIT_API.parse().expect("the MoneyKit URL is valid"));
+                Some(join_path(&base, "auth/token"))
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// SCIM base URL: configured, or Moneyhub's default next to its issuer.
+    pub fn scim_url(&self) -> Option<Url> {
+        match (&self.scim_url, self.kind, &self.issuer) {
+            (Some(url), _, _) => Some(url.clone()),
+            (None, ProviderKind::Moneyhub, Some(issuer)) => {
+                let mut origin = issuer.clone();
+                origin.set_path("/scim");
+                origin.set_query(None);
+                Some(origin)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn send_sub(&self) -> bool {
+        self.send_sub.unwrap_or(self.kind == ProviderKind::Moneyhub)
+    }
+}
+
+/// Checks the keys `config`'s kind requires and refuses those it cannot
+/// use, so a misconfiguration is found at startup rather than on the first
+/// call. Errors name `{key}.{field}`.
+pub fn validate(key: &str, config: &ProviderConfig) -> Result<(), ConfigError> {
+    let invalid =
+        |field: &str, reason: &str| ConfigError::invalid(format!("{key}.{field}"), reason);
+    let http_url = |field: &str, url: &Option<Url>| match url {
+        Some(url) if !(matches!(url.scheme(), "http" | "https") && url.host().is_some()) => {
+            Err(invalid(field, "must be an http(s) URL"))
+        }
+        Some(url) if config.refuses_insecure(url) => Err(invalid(
+            field,
+            &format!(
+                "must be https:// unless on loopback (for development only: {key}.allow_insecure_http = true)"
+            ),
+        )),
+        _ => Ok(()),
+    };
+    http_url("issuer", &config.issuer)?;
+    http_url("base_url", &config.base_url)?;
+    http_url("token_url", &config.token_url)?;
+    http_url("jwks_url", &config.jwks_url)?;
+    http_url("scim_url", &config.scim_url)?;
+    if config.client_id.trim().is_empty() {
+        return Err(invalid("client_id", "must not be empty"));
+    }
+    if config.request_timeout_ms == 0 {
+        return Err(invalid("request_timeout_ms", "must be positive"));
+    }
+    if !(1..=10).contains(&config.retry_max_attempts) {
+        return Err(invalid("retry_max_attempts", "must be between 1 and 10"));
+    }
+    if config.retry_base_delay_ms == 0 || config.retry_max_delay_ms < config.retry_base_delay_ms {
+        return Err(invalid(
+            "retry_max_delay_ms",
+            "must be at least retry_base_delay_ms, which must be positive",
+        ));
+    }
+    if config.breaker_failure_threshold == 0 {
+        return Err(invalid("breaker_failure_threshold", "must be positive"));
+    }
+    if config.max_token_lifetime_secs < config.default_token_lifetime_secs.max(1) {
+        return Err(invalid(
+            "max_token_lifetime_secs",
+            "must be positive and at least default_token_lifetime_secs",
+        ));
+    }
+    if config.jwks_refetch_interval_ms == 0 {
+        return Err(invalid("jwks_refetch_interval_ms", "must be positive"));
+    }
+    for (field, scopes) in [
+        ("data_scopes", &config.data_scopes),
+        ("application_scopes", &config.application_scopes),
+    ] {
+        if let Some(bad) = scopes.iter().find(|scope| Scope::parse("", scope).is_err()) {
+            return Err(invalid(
+                field,
+                &format!("{bad:?} is not a valid OAuth 2.0 scope"),
+            ));
+        }
+    }
+    match config.kind {
+        ProviderKind::Moneyhub => {
+            if config.issuer.is_none() {
+                return Err(invalid("issuer", "is required for kind \"moneyhub\""));
+            }
+            if config.client_auth() != ClientAuthMethod::PrivateKeyJwt {
+                return Err(invalid(
+                    "client_auth",
+                    "moneyhub authenticates with private_key_jwt",
+                ));
+            }
+            if config.data_scopes.is_empty() && config.application_scopes.is_empty() {
+                return Err(invalid(
+                    "data_scopes",
+                    "list the scopes IssueDataToken may request",
+                ));
+            }
+        }
+        ProviderKind::Moneykit => {
+            if config.client_auth() == ClientAuthMethod::PrivateKeyJwt {
+                return Err(invalid(
+                    "client_auth",
+                    "moneykit authenticates with client_secret_basic or client_secret_post",
+                ));
+            }
+            if config.send_sub == Some(true) {
+                return Err(invalid("send_sub", "MoneyKit has no users"));
+            }
+            if !config.data_scopes.is_empty() {
+                return Err(invalid(
+                    "data_scopes",
+                    "MoneyKit has no users: list its scopes under application_scopes",
+                ));
+            }
+            if config.application_scopes.is_empty() {
+                return Err(invalid(
+                    "application_scopes",
+                    "list the scopes IssueDataToken may request",
+                ));
+            }
+        }
+        ProviderKind::Oauth2 => {
+            if config.issuer.is_none() && config.token_url.is_none() {
+                return Err(invalid(
+                    "token_url",
+                    "set token_url, or issuer for discovery",
+                ));
+            }
+            if config.client_auth.is_none() {
+                return Err(invalid(
+                    "client_auth",
+                    "is required for kind \"oauth2\": private_key_jwt, client_secret_basic or client_secret_post",
+                ));
+            }
+            if config.send_sub.is_none() {
+                return Err(invalid("send_sub", "is required for kind \"oauth2\""));
+            }
+            if config.expiry_field.is_none() {
+                return Err(invalid(
+                    "expiry_field",
+                    "is required for kind \"oauth2\": expires_in, expires_at or auto",
+                ));
+            }
+            if config.data_scopes.is_empty() && config.application_scopes.is_empty() {
+                return Err(invalid(
+                    "data_scopes",
+                    "list the scopes IssueDataToken may request",
+                ));
+            }
+        }
+    }
+    if !config.data_scopes.is_empty() && !config.send_sub() {
+        return Err(invalid(
+            "data_scopes",
+            "user tokens need send_sub = true; list application token scopes under application_scopes",
+        ));
+    }
+    let (secret_sources, other, other_name) = match config.client_auth() {
+        ClientAuthMethod::PrivateKeyJwt => (
+            [
+                config.private_key_pem.is_some(),
+                config.private_key_file.is_some(),
+                config.private_key_env.is_some(),
+            ],
+            config.client_secret_file.is_some() || config.client_secret_env.is_some(),
+            "private_key",
+        ),
+        _ => (
+            [
+                config.client_secret.is_some(),
+                config.client_secret_file.is_some(),
+                config.client_secret_env.is_some(),
+            ],
+            config.private_key_file.is_some() || config.private_key_env.is_some(),
+            "client_secret",
+        ),
+    };
+    if secret_sources.iter().filter(|set| **set).count() != 1 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("set exactly one of {other_name}_file and {other_name}_env"),
+        ));
+    }
+    if other {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "client_auth {:?} uses only {other_name}; remove the other credential",
+                config.client_auth()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Appends a path segment to a URL whose path may or may not end in `/`.
+pub fn join_path(base: &Url, segment: &str) -> Url {
+    let mut url = base.clone();
+    let path = format!("{}/{segment}", base.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::MINIMAL;
+    use crate::config::{Config, SigningAlgorithm};
+
+    /// Parses `toml` and checks every provider as startup does.
+    fn check(toml: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_toml(toml)?;
+        for (name, provider) in &config.providers {
+            validate(&format!("providers.{name}"), provider)?;
+        }
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_follow_the_provider_documentation() {
+        let config = check(MINIMAL).unwrap();
+        let moneyhub = &config.providers["moneyhub"];
+        assert_eq!(
+            moneyhub.static_token_url(),
+            None,
+            "discovered from the issuer"
+        );
+        assert_eq!(
+            moneyhub.scim_url().unwrap().as_str(),
+            "https://identity.moneyhub.co.uk/scim"
+        );
+        assert_eq!(moneyhub.client_auth(), ClientAuthMethod::PrivateKeyJwt);
+        assert!(moneyhub.send_sub());
+        assert_eq!(config.server.listen_addr.port(), 50051);
+        assert_eq!(config.cache.safety_margin_secs, 60);
+        assert_eq!(moneyhub.signing_algorithm, SigningAlgorithm::RS256);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cases = [
+            (
+                MINIMAL.replace("client-1", " "),
+                "providers.moneyhub.client_id",
+            ),
+            (
+                MINIMAL.replace("[\"accounts:read\"]", "[]"),
+                "providers.moneyhub.data_scopes",
+            ),
+            (
+                MINIMAL.replace("https://identity", "ftp://identity"),
+                "providers.moneyhub.issuer",
+            ),
+            (
+                format!("{MINIMAL}\nprivate_key_env = \"KEY\""),
+                "providers.moneyhub",
+            ),
+        ];
+        for (toml, key) in cases {
+            let error = check(&toml).unwrap_err().to_string();
+            assert!(error.contains(key), "{error:?} does not name {key}");
+        }
+    }
+
+    #[test]
+    fn http_endpoints_off_loopback_are_refused_unless_allowed() {
+        let token_url = |url: &str| {
+            MINIMAL.replace(
+                "data_scopes",
+                &format!("token_url = \"{url}\"\ndata_scopes"),
+            )
+        };
+        for (toml, key) in [
+            (
+                MINIMAL.replace("https://identity", "http://identity"),
+                "providers.moneyhub.issuer",
+            ),
+            (
+                token_url("http://auth.example.com/token"),
+                "providers.moneyhub.token_url",
+            ),
+        ] {
+            let error = check(&toml).unwrap_err().to_string();
+            assert!(error.contains(key), "{error:?} does not name {key}");
+            assert!(
+                error.contains("providers.moneyhub.allow_insecure_http"),
+                "{error:?}"
+            );
+            let allowed = toml.replace("data_scopes", "allow_insecure_http = true\ndata_scopes");
+            check(&allowed).unwrap();
+        }
+        for loopback in [
+            "http://127.0.0.1:8080/token",
+            "http://127.3.2.1/token",
+            "http://localhost:8080/token",
+            "http://[::1]:8080/token",
+        ] {
+            check(&token_url(loopback)).unwrap();
+        }
+    }
+}
