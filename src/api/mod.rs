@@ -19,8 +19,9 @@ use crate::domain::{ScopeSet, UserId, ValidationError, code_verifier, opaque_val
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::provider::Provider;
-use crate::service::{AuthService, CacheOutcome, CodeExchange, Error};
+use crate::service::{AuthService, CacheOutcome, CodeExchange};
 use crate::telemetry::{Metrics, propagation};
+use status::RpcError;
 
 /// Longest authorization code accepted; real ones are well under 100 characters.
 const MAX_CODE_LEN: usize = 2048;
@@ -60,7 +61,7 @@ impl AuthApi {
 
     /// Resolves the request's provider, checks the caller may use it, and
     /// notes it on the RPC's log line.
-    fn provider(&self, caller: &Caller, name: &str) -> Result<Arc<Provider>, Error> {
+    fn provider(&self, caller: &Caller, name: &str) -> Result<Arc<Provider>, RpcError> {
         let provider = self.service.provider(name)?;
         Span::current().record("provider", provider.name());
         caller.check_provider(provider.name())?;
@@ -300,7 +301,7 @@ impl AuthApi {
     ) -> Result<Response<T>, Status>
     where
         Handler: FnOnce(&'a Caller, M) -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
+        Fut: Future<Output = Result<T, RpcError>>,
     {
         let client_certificates = request.peer_certs();
         let (metadata, _, message) = request.into_parts();
