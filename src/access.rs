@@ -15,7 +15,8 @@ use tonic::metadata::MetadataMap;
 
 use crate::config::{AccessConfig, CallerConfig};
 
-/// The RPC names a policy may list.
+/// The RPCs of `bankauth.v1.AuthService`: the names a policy may list, and
+/// the `method` that logs and metrics label them with (`api::observe`).
 pub const RPCS: &[&str] = &[
     "CreateUser",
     "GetUser",
