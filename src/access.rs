@@ -17,7 +17,8 @@ use tonic::metadata::MetadataMap;
 use crate::config::{AccessConfig, CallerConfig, ConfigError, Sha256Hex};
 use crate::token_bucket::TokenBucket;
 
-/// The RPC names a policy may list.
+/// The RPCs of `bankauth.v1.AuthService`: the names a policy may list, and
+/// the `method` that logs and metrics label them with (`api::observe`).
 pub const RPCS: &[&str] = &[
     "CreateUser",
     "GetUser",

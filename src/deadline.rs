@@ -2,8 +2,9 @@
 //! RPC's work the way its trace context is, so the upstream layer can stop
 //! retrying or queueing once nobody is waiting any more.
 //!
-//! The API layer sets it from the caller's `grpc-timeout` (capped by
-//! `server.request_timeout_ms`). A shared fetch runs under a [`Deadline`]
+//! `api::observe` sets it from the caller's `grpc-timeout` (capped by
+//! `server.request_timeout_ms`), and answers `DEADLINE_EXCEEDED` when it
+//! passes. A shared fetch runs under a [`Deadline`]
 //! that every caller joining it extends to its own, so the fetch keeps
 //! trying for as long as anyone still waits; a background refresh has none
 //! and the upstream layer uses the provider's own bound.

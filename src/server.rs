@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::{self, Access};
+use crate::api::observe::ObserveLayer;
 use crate::api::{AuthApi, AuthServiceServer};
 use crate::cache::seal::Sealer;
 use crate::cache::{Cache, CacheError, ExpiryPolicy, RedisTarget, Tiers};
@@ -173,8 +174,14 @@ impl Application {
             health.clone(),
             self.cache.clone(),
         )));
+        // Every call, on every port, gets its deadline, log line and metrics.
+        let observe = ObserveLayer::new(
+            self.metrics.clone(),
+            Duration::from_millis(self.server.request_timeout_ms),
+        );
         let _health_server = self.health_listener.map(|listener| {
             let health_only = Server::builder()
+                .layer(observe.clone())
                 .add_service(health_service.clone())
                 .serve_with_incoming(accept(listener));
             AbortOnDrop(tokio::spawn(async move {
@@ -199,21 +206,15 @@ impl Application {
                 // So grpcurl can decode the google.rpc error details we send.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let request_timeout = Duration::from_millis(self.server.request_timeout_ms);
-        let auth = AuthServiceServer::new(AuthApi::new(
-            self.service,
-            self.access,
-            self.metrics,
-            request_timeout,
-        ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let auth = AuthServiceServer::new(AuthApi::new(self.service, self.access))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut builder = Server::builder();
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
         let server = builder
-            .timeout(Duration::from_millis(self.server.request_timeout_ms))
+            .layer(observe)
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

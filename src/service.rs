@@ -8,7 +8,6 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::access::AccessError;
 use crate::cache::single_flight::{Abandoned, Flight, SingleFlight};
 use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint};
 use crate::deadline;
@@ -25,9 +24,6 @@ use crate::telemetry::Metrics;
 pub enum Error {
     #[error(transparent)]
     InvalidArgument(#[from] ValidationError),
-    /// The caller is unknown, not allowed this, or over its rate limit.
-    #[error(transparent)]
-    Access(#[from] AccessError),
     #[error("provider {provider}: {source}")]
     Provider {
         provider: String,

@@ -1,28 +1,29 @@
 //! The gRPC surface: thin adapters from proto requests to the service.
 //! Each handler validates its request into domain types, calls the service,
-//! and converts back; `observe` logs one line per RPC.
+//! and converts back. [`observe::ObserveLayer`], around the whole server,
+//! gives every call its deadline, log line and metrics.
 
 mod convert;
+pub mod observe;
 pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use tonic::{Code, Request, Response, Status};
-use tracing::{Instrument, Span, field};
+use tonic::{Request, Response, Status};
+use tracing::Span;
 
 use crate::access::{Access, Caller};
 use crate::cache::fingerprint;
-use crate::deadline;
 use crate::domain::{
     ScopeSet, UserId, ValidationError, code_verifier, opaque_value, redirect_uri, sha256_hex,
 };
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::provider::{Provider, WIDGET_SCOPE};
-use crate::service::{AuthService, CacheOutcome, CodeExchange, Error};
-use crate::telemetry::{Metrics, propagation};
+use crate::service::{AuthService, CacheOutcome, CodeExchange};
+use observe::Method;
+use status::RpcError;
 
 /// Longest authorization code accepted; real ones are well under 100 characters.
 const MAX_CODE_LEN: usize = 2048;
@@ -40,29 +41,16 @@ pub use pb::auth_service_server::AuthServiceServer;
 pub struct AuthApi {
     service: Arc<AuthService>,
     access: Arc<Access>,
-    metrics: Arc<Metrics>,
-    /// The longest any RPC may take, whatever deadline its caller sets.
-    request_timeout: Duration,
 }
 
 impl AuthApi {
-    pub fn new(
-        service: Arc<AuthService>,
-        access: Arc<Access>,
-        metrics: Arc<Metrics>,
-        request_timeout: Duration,
-    ) -> Self {
-        Self {
-            service,
-            access,
-            metrics,
-            request_timeout,
-        }
+    pub fn new(service: Arc<AuthService>, access: Arc<Access>) -> Self {
+        Self { service, access }
     }
 
     /// Resolves the request's provider, checks the caller may use it, and
     /// notes it on the RPC's log line.
-    fn provider(&self, caller: &Caller, name: &str) -> Result<Arc<Provider>, Error> {
+    fn provider(&self, caller: &Caller, name: &str) -> Result<Arc<Provider>, RpcError> {
         let provider = self.service.provider(name)?;
         Span::current().record("provider", provider.name());
         caller.check_provider(provider.name())?;
@@ -76,7 +64,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        self.observe(request, "CreateUser", |caller, request| async move {
+        self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let new_user = convert::new_user(&request)?;
             let user = self.service.create_user(&provider, &new_user).await?;
@@ -98,7 +86,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
-        self.observe(request, "GetUser", |caller, request| async move {
+        self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
             let user = self.service.get_user(&provider, &user_id).await?;
@@ -113,7 +101,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::IssueWidgetTokenRequest>,
     ) -> Result<Response<pb::IssueWidgetTokenResponse>, Status> {
-        self.observe(request, "IssueWidgetToken", |caller, request| async move {
+        self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let user_id = UserId::parse("user_id", &request.user_id)?;
             caller.check_scopes([WIDGET_SCOPE])?;
@@ -134,7 +122,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::IssueDataTokenRequest>,
     ) -> Result<Response<pb::IssueDataTokenResponse>, Status> {
-        self.observe(request, "IssueDataToken", |caller, request| async move {
+        self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let user_id = optional(&request.user_id, |v| UserId::parse("user_id", v))?;
             let scopes = ScopeSet::parse("scopes", &request.scopes)?;
@@ -156,31 +144,27 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::ExchangeAuthorizationCodeRequest>,
     ) -> Result<Response<pb::ExchangeAuthorizationCodeResponse>, Status> {
-        self.observe(
-            request,
-            "ExchangeAuthorizationCode",
-            |caller, request| async move {
-                let provider = self.provider(caller, &request.provider)?;
-                let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
-                let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
-                let code_verifier = optional(&request.code_verifier, |v| {
-                    code_verifier("code_verifier", v)
-                })?;
-                let nonce = optional(&request.nonce, |v| opaque_value("nonce", v, MAX_NONCE_LEN))?;
-                let sub = optional(&request.sub, |v| UserId::parse("sub", v))?;
-                let exchange = CodeExchange {
-                    code: &code,
-                    redirect_uri: &redirect_uri,
-                    code_verifier: code_verifier.as_deref(),
-                    nonce: nonce.as_deref(),
-                    sub: sub.as_ref(),
-                };
-                let token_set = self.service.exchange_code(&provider, exchange).await?;
-                Ok(pb::ExchangeAuthorizationCodeResponse {
-                    token_set: Some(token_set.into()),
-                })
-            },
-        )
+        self.observe(request, |caller, request| async move {
+            let provider = self.provider(caller, &request.provider)?;
+            let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
+            let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
+            let code_verifier = optional(&request.code_verifier, |v| {
+                code_verifier("code_verifier", v)
+            })?;
+            let nonce = optional(&request.nonce, |v| opaque_value("nonce", v, MAX_NONCE_LEN))?;
+            let sub = optional(&request.sub, |v| UserId::parse("sub", v))?;
+            let exchange = CodeExchange {
+                code: &code,
+                redirect_uri: &redirect_uri,
+                code_verifier: code_verifier.as_deref(),
+                nonce: nonce.as_deref(),
+                sub: sub.as_ref(),
+            };
+            let token_set = self.service.exchange_code(&provider, exchange).await?;
+            Ok(pb::ExchangeAuthorizationCodeResponse {
+                token_set: Some(token_set.into()),
+            })
+        })
         .await
     }
 
@@ -188,7 +172,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::RefreshTokenRequest>,
     ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
-        self.observe(request, "RefreshToken", |caller, request| async move {
+        self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let refresh_token = opaque_value(
                 "refresh_token",
@@ -207,7 +191,7 @@ impl AuthServiceRpc for AuthApi {
         &self,
         request: Request<pb::InvalidateTokenRequest>,
     ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
-        self.observe(request, "InvalidateToken", |caller, request| async move {
+        self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let fingerprint = match (
                 request.access_token.as_str(),
@@ -271,100 +255,35 @@ fn audit_token(
 }
 
 impl AuthApi {
-    /// Runs one RPC inside its span (continuing the caller's W3C trace) and
-    /// ends it with one log line and its metrics: method, provider, cache
-    /// outcome, gRPC code, latency, trace id. Never the request body.
-    /// The caller is admitted (API key, RPC policy, rate limit) first.
+    /// Admits the caller (API key or client certificate, RPC policy, rate
+    /// limit) and runs the handler. The RPC's name, span and deadline come
+    /// from [`observe::ObserveLayer`], which also logs and counts it.
     async fn observe<'a, M, T, Handler, Fut>(
         &'a self,
         request: Request<M>,
-        method: &'static str,
         handler: Handler,
     ) -> Result<Response<T>, Status>
     where
         Handler: FnOnce(&'a Caller, M) -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
+        Fut: Future<Output = Result<T, RpcError>>,
     {
         let client_certificates = request.peer_certs();
-        let (metadata, _, message) = request.into_parts();
-        let metadata = &metadata;
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = format!("bankauth.v1.AuthService/{method}"),
-            otel.kind = "server",
-            rpc.system = "grpc",
+        let (metadata, extensions, message) = request.into_parts();
+        let Some(&Method(method)) = extensions.get::<Method>() else {
+            return Err(Status::internal(
+                "the AuthService is served without its observer",
+            ));
+        };
+        let caller = self.access.admit(
+            &metadata,
+            client_certificates.as_deref().map(Vec::as_slice),
             method,
-            caller = field::Empty,
-            provider = field::Empty,
-            cache = field::Empty,
-            code = field::Empty,
-            trace_id = field::Empty,
         );
-        if let Some(trace_id) = propagation::continue_trace(&span, metadata) {
-            span.record("trace_id", trace_id);
-        }
-        let started = Instant::now();
-        let allowed = metadata
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(deadline::parse_grpc_timeout)
-            .map_or(self.request_timeout, |asked| {
-                asked.min(self.request_timeout)
-            });
-        let admitted = async {
-            let caller = self.access.admit(
-                metadata,
-                client_certificates.as_deref().map(Vec::as_slice),
-                method,
-            )?;
+        let result = async {
+            let caller = caller?;
             Span::current().record("caller", caller.name.as_str());
             handler(caller, message).await
         };
-        let deadline = tokio::time::Instant::from_std(started) + allowed;
-        let result = deadline::scope(deadline, admitted.instrument(span.clone())).await;
-        let elapsed = started.elapsed();
-        let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        let (code, result) = match result {
-            Ok(response) => (Code::Ok, Ok(Response::new(response))),
-            Err(error) => {
-                let status = Status::from(error);
-                (status.code(), Err(status))
-            }
-        };
-        let code_name = code_name(code);
-        span.record("code", code_name);
-        self.metrics.rpc(method, code_name, elapsed);
-        let _entered = span.enter();
-        match &result {
-            Ok(_) => tracing::info!(latency_ms, "rpc finished"),
-            Err(status) if matches!(code, Code::Unavailable | Code::Internal | Code::Unknown) => {
-                tracing::warn!(latency_ms, error = status.message(), "rpc failed")
-            }
-            Err(status) => tracing::info!(latency_ms, error = status.message(), "rpc failed"),
-        }
-        result
-    }
-}
-
-/// The canonical gRPC code names, as metrics and logs label them.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
+        result.await.map(Response::new).map_err(Status::from)
     }
 }

@@ -11,64 +11,215 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::access::AccessError;
+use crate::domain::ValidationError;
 use crate::provider::{IdTokenError, ProviderError};
 use crate::service::Error;
 
 pub const ERROR_DOMAIN: &str = "bankauth.dev";
+
+/// Every `ErrorInfo` reason bankauth sends, each with its gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    CallerRateLimited,
+    UserNotFound,
+    UserAlreadyExists,
+    NotSupportedByProvider,
+    IdTokenInvalid,
+    InternalError,
+    SharedCacheUnavailable,
+    UpstreamRejectedRequest,
+    UpstreamRejectedCredentials,
+    UpstreamRefused,
+    UpstreamMisdirected,
+    UpstreamUnavailable,
+    UpstreamRateLimited,
+    UpstreamCircuitOpen,
+    UpstreamBudgetExhausted,
+    /// The RPC's deadline passed before it had an answer.
+    DeadlineExceeded,
+    /// The request message is over the size bankauth decodes.
+    RequestTooLarge,
+    /// No such service or method.
+    Unimplemented,
+}
+
+impl Reason {
+    /// Every reason, for tests and documentation.
+    pub const ALL: [Reason; 21] = [
+        Self::InvalidArgument,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
+        Self::CallerRateLimited,
+        Self::UserNotFound,
+        Self::UserAlreadyExists,
+        Self::NotSupportedByProvider,
+        Self::IdTokenInvalid,
+        Self::InternalError,
+        Self::SharedCacheUnavailable,
+        Self::UpstreamRejectedRequest,
+        Self::UpstreamRejectedCredentials,
+        Self::UpstreamRefused,
+        Self::UpstreamMisdirected,
+        Self::UpstreamUnavailable,
+        Self::UpstreamRateLimited,
+        Self::UpstreamCircuitOpen,
+        Self::UpstreamBudgetExhausted,
+        Self::DeadlineExceeded,
+        Self::RequestTooLarge,
+        Self::Unimplemented,
+    ];
+
+    /// The one table: each reason's gRPC code and its `ErrorInfo` string.
+    const fn entry(self) -> (Code, &'static str) {
+        match self {
+            Self::InvalidArgument => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            Self::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Self::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            Self::CallerRateLimited => (Code::ResourceExhausted, "CALLER_RATE_LIMITED"),
+            Self::UserNotFound => (Code::NotFound, "USER_NOT_FOUND"),
+            Self::UserAlreadyExists => (Code::AlreadyExists, "USER_ALREADY_EXISTS"),
+            Self::NotSupportedByProvider => (Code::FailedPrecondition, "NOT_SUPPORTED_BY_PROVIDER"),
+            Self::IdTokenInvalid => (Code::Unauthenticated, "ID_TOKEN_INVALID"),
+            Self::InternalError => (Code::Internal, "INTERNAL_ERROR"),
+            Self::SharedCacheUnavailable => (Code::Unavailable, "SHARED_CACHE_UNAVAILABLE"),
+            Self::UpstreamRejectedRequest => (Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST"),
+            Self::UpstreamRejectedCredentials => {
+                (Code::FailedPrecondition, "UPSTREAM_REJECTED_CREDENTIALS")
+            }
+            Self::UpstreamRefused => (Code::FailedPrecondition, "UPSTREAM_REFUSED"),
+            Self::UpstreamMisdirected => (Code::FailedPrecondition, "UPSTREAM_MISDIRECTED"),
+            Self::UpstreamUnavailable => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+            Self::UpstreamRateLimited => (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
+            Self::UpstreamCircuitOpen => (Code::Unavailable, "UPSTREAM_CIRCUIT_OPEN"),
+            Self::UpstreamBudgetExhausted => (Code::ResourceExhausted, "UPSTREAM_BUDGET_EXHAUSTED"),
+            Self::DeadlineExceeded => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+            Self::RequestTooLarge => (Code::OutOfRange, "REQUEST_TOO_LARGE"),
+            Self::Unimplemented => (Code::Unimplemented, "UNIMPLEMENTED"),
+        }
+    }
+
+    pub const fn code(self) -> Code {
+        self.entry().0
+    }
+
+    /// The UPPER_SNAKE `ErrorInfo` reason.
+    pub const fn as_str(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// What to add to the message so the reader knows where to look.
+    const fn hint(self) -> Option<&'static str> {
+        match self {
+            Self::UpstreamRejectedCredentials => Some(
+                "the provider rejected this service's credentials: check the client id and key registered with it",
+            ),
+            _ => None,
+        }
+    }
+
+    /// A status with this reason's code and an `ErrorInfo` in [`ERROR_DOMAIN`]
+    /// (plus `details` and `metadata`), its message ending in the reason's hint.
+    pub fn status(
+        self,
+        message: impl Into<String>,
+        mut details: ErrorDetails,
+        metadata: HashMap<String, String>,
+    ) -> Status {
+        let message = message.into();
+        let message = match self.hint() {
+            Some(hint) => format!("{message} ({hint})"),
+            None => message,
+        };
+        details.set_error_info(self.as_str(), ERROR_DOMAIN, metadata);
+        Status::with_error_details(self.code(), message, details)
+    }
+}
+
+/// Why an RPC failed: the service's reasons, or the caller's own (the API
+/// layer is where callers are known).
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error(transparent)]
+    Service(#[from] Error),
+    /// The caller is unknown, not allowed this, or over its rate limit.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+impl From<ValidationError> for RpcError {
+    fn from(invalid: ValidationError) -> Self {
+        Self::Service(invalid.into())
+    }
+}
+
+impl From<RpcError> for Status {
+    fn from(error: RpcError) -> Self {
+        match error {
+            RpcError::Service(error) => error.into(),
+            RpcError::Access(refused) => {
+                let message = refused.to_string();
+                let mut details = ErrorDetails::new();
+                let mut metadata = HashMap::new();
+                let reason = match refused {
+                    AccessError::Unauthenticated(_) => Reason::Unauthenticated,
+                    AccessError::Denied {
+                        caller,
+                        what,
+                        value,
+                    } => {
+                        metadata.insert("caller".to_owned(), caller);
+                        metadata.insert("refused".to_owned(), what.to_owned());
+                        metadata.insert(what.to_owned(), value);
+                        Reason::PermissionDenied
+                    }
+                    AccessError::RateLimited {
+                        caller,
+                        retry_after,
+                    } => {
+                        metadata.insert("caller".to_owned(), caller);
+                        details.set_retry_info(Some(retry_after));
+                        Reason::CallerRateLimited
+                    }
+                };
+                reason.status(message, details, metadata)
+            }
+        }
+    }
+}
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         let mut details = ErrorDetails::new();
         let mut metadata = HashMap::new();
-        let (code, reason) = match error {
+        let reason = match error {
             Error::InvalidArgument(invalid) => {
                 details.add_bad_request_violation(&invalid.field, &invalid.reason);
                 metadata.insert("field".to_owned(), invalid.field);
-                (Code::InvalidArgument, "INVALID_ARGUMENT")
+                Reason::InvalidArgument
             }
-            Error::Access(refused) => match refused {
-                AccessError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
-                AccessError::Denied {
-                    caller,
-                    what,
-                    value,
-                } => {
-                    metadata.insert("caller".to_owned(), caller);
-                    metadata.insert("refused".to_owned(), what.to_owned());
-                    metadata.insert(what.to_owned(), value);
-                    (Code::PermissionDenied, "PERMISSION_DENIED")
-                }
-                AccessError::RateLimited {
-                    caller,
-                    retry_after,
-                } => {
-                    metadata.insert("caller".to_owned(), caller);
-                    details.set_retry_info(Some(retry_after));
-                    (Code::ResourceExhausted, "CALLER_RATE_LIMITED")
-                }
-            },
             Error::UserConflict { provider, .. } => {
                 metadata.insert("provider".to_owned(), provider);
-                (Code::AlreadyExists, "USER_ALREADY_EXISTS")
+                Reason::UserAlreadyExists
             }
             Error::Unsupported { provider, .. } => {
                 metadata.insert("provider".to_owned(), provider);
-                (Code::FailedPrecondition, "NOT_SUPPORTED_BY_PROVIDER")
+                Reason::NotSupportedByProvider
             }
             Error::IdToken { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 metadata.insert("check".to_owned(), source.check().to_owned());
                 match source {
-                    IdTokenError::Jwks(_) => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
-                    IdTokenError::NotConfigured => {
-                        (Code::FailedPrecondition, "NOT_SUPPORTED_BY_PROVIDER")
-                    }
-                    _ => (Code::Unauthenticated, "ID_TOKEN_INVALID"),
+                    IdTokenError::Jwks(_) => Reason::UpstreamUnavailable,
+                    IdTokenError::NotConfigured => Reason::NotSupportedByProvider,
+                    _ => Reason::IdTokenInvalid,
                 }
             }
-            Error::Internal(_) => (Code::Internal, "INTERNAL_ERROR"),
-            Error::CacheUnavailable => (Code::Unavailable, "SHARED_CACHE_UNAVAILABLE"),
+            Error::Internal(_) => Reason::InternalError,
+            Error::CacheUnavailable => Reason::SharedCacheUnavailable,
             Error::Provider { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 if let Some(upstream) = upstream_error(&source) {
@@ -88,48 +239,37 @@ impl From<Error> for Status {
                 classify(&source)
             }
         };
-        let message = match reason {
-            "UPSTREAM_REJECTED_CREDENTIALS" => format!(
-                "{message} (the provider rejected this service's credentials: check the client id and key registered with it)"
-            ),
-            _ => message,
-        };
-        details.set_error_info(reason, ERROR_DOMAIN, metadata);
-        Status::with_error_details(code, message, details)
+        reason.status(message, details, metadata)
     }
 }
 
-/// The gRPC code and ErrorInfo reason for each provider failure.
-fn classify(error: &ProviderError) -> (Code, &'static str) {
+/// The ErrorInfo reason for each provider failure.
+fn classify(error: &ProviderError) -> Reason {
     match error {
         ProviderError::OAuth { error, .. } => match error.as_str() {
             "invalid_scope" | "invalid_request" | "invalid_grant" => {
-                (Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST")
+                Reason::UpstreamRejectedRequest
             }
             "invalid_client" | "unauthorized_client" | "api_error.auth.unauthorized" => {
-                (Code::FailedPrecondition, "UPSTREAM_REJECTED_CREDENTIALS")
+                Reason::UpstreamRejectedCredentials
             }
-            "temporarily_unavailable" | "server_error" => {
-                (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
-            }
-            _ => (Code::FailedPrecondition, "UPSTREAM_REFUSED"),
+            "temporarily_unavailable" | "server_error" => Reason::UpstreamUnavailable,
+            _ => Reason::UpstreamRefused,
         },
         ProviderError::Scim { status, .. } => match status {
-            404 => (Code::NotFound, "USER_NOT_FOUND"),
-            409 => (Code::AlreadyExists, "USER_ALREADY_EXISTS"),
-            401 | 403 => (Code::FailedPrecondition, "UPSTREAM_REJECTED_CREDENTIALS"),
-            400 => (Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST"),
-            _ => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+            404 => Reason::UserNotFound,
+            409 => Reason::UserAlreadyExists,
+            401 | 403 => Reason::UpstreamRejectedCredentials,
+            400 => Reason::UpstreamRejectedRequest,
+            _ => Reason::UpstreamUnavailable,
         },
-        ProviderError::Misdirected { .. } => (Code::FailedPrecondition, "UPSTREAM_MISDIRECTED"),
-        ProviderError::RateLimited { .. } => (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
+        ProviderError::Misdirected { .. } => Reason::UpstreamMisdirected,
+        ProviderError::RateLimited { .. } => Reason::UpstreamRateLimited,
         ProviderError::Unavailable { .. } | ProviderError::Unreachable { .. } => {
-            (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
+            Reason::UpstreamUnavailable
         }
-        ProviderError::CircuitOpen { .. } => (Code::Unavailable, "UPSTREAM_CIRCUIT_OPEN"),
-        ProviderError::BudgetExhausted { .. } => {
-            (Code::ResourceExhausted, "UPSTREAM_BUDGET_EXHAUSTED")
-        }
+        ProviderError::CircuitOpen { .. } => Reason::UpstreamCircuitOpen,
+        ProviderError::BudgetExhausted { .. } => Reason::UpstreamBudgetExhausted,
     }
 }
 
@@ -152,5 +292,43 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
         ProviderError::Unreachable { .. }
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_distinct_upper_snake_names() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            let name = reason.as_str();
+            assert!(
+                name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{name}"
+            );
+            assert!(seen.insert(name), "{name} twice");
+            assert_ne!(reason.code(), Code::Ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_hint_follows_the_message_and_the_reason_is_in_the_error_info() {
+        let status = Reason::UpstreamRejectedCredentials.status(
+            "provider sandbox: invalid_client",
+            ErrorDetails::new(),
+            HashMap::new(),
+        );
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status.message().ends_with("registered with it)"),
+            "{status:?}"
+        );
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "UPSTREAM_REJECTED_CREDENTIALS");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        let plain = Reason::UserNotFound.status("gone", ErrorDetails::new(), HashMap::new());
+        assert_eq!(plain.message(), "gone");
     }
 }

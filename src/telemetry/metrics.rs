@@ -96,12 +96,12 @@ impl Default for Metrics {
         };
         registry.register(
             "rpc_requests",
-            "RPCs served, by method and gRPC code",
+            "gRPC calls, each counted once when it ends (health, reflection and refused calls included), by method and gRPC code",
             metrics.rpcs.clone(),
         );
         registry.register(
             "rpc_duration_seconds",
-            "RPC latency, by method",
+            "gRPC call latency, from the request to its status, by method",
             metrics.rpc_seconds.clone(),
         );
         registry.register(

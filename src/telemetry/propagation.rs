@@ -6,7 +6,8 @@ use opentelemetry::trace::TraceContextExt;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+/// A gRPC request's headers: its metadata.
+struct MetadataExtractor<'a>(&'a tonic::codegen::http::HeaderMap);
 
 impl Extractor for MetadataExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -16,10 +17,8 @@ impl Extractor for MetadataExtractor<'_> {
     fn keys(&self) -> Vec<&str> {
         self.0
             .keys()
-            .filter_map(|key| match key {
-                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
-                tonic::metadata::KeyRef::Binary(_) => None,
-            })
+            .map(|key| key.as_str())
+            .filter(|key| !key.ends_with("-bin"))
             .collect()
     }
 }
@@ -39,7 +38,7 @@ impl Injector for HeaderInjector<'_> {
 
 /// Makes `span` a child of the caller's trace (when the metadata carries
 /// one) and returns the trace id to log, if any.
-pub fn continue_trace(span: &Span, metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+pub fn continue_trace(span: &Span, metadata: &tonic::codegen::http::HeaderMap) -> Option<String> {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&MetadataExtractor(metadata))
     });

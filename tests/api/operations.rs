@@ -8,7 +8,9 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{RedisServer, sample, spawn_app_with, start_upstream, with_metrics};
+use crate::helpers::{
+    RedisServer, error_info, sample, spawn_app_with, start_upstream, with_metrics,
+};
 
 #[tokio::test]
 async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
@@ -73,6 +75,66 @@ async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
         ),
         2.0
     );
+}
+
+/// Calls no handler sees are counted too: health, a request too large to
+/// decode, a method the server does not have.
+#[tokio::test]
+async fn health_checks_and_calls_refused_before_a_handler_are_counted() {
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, with_metrics).await;
+
+    let status = app.widget_token(&"a".repeat(200 * 1024)).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(error_info(&status).reason, "REQUEST_TOO_LARGE");
+    assert_eq!(health_status(app.addr, "").await, ServingStatus::Serving);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<(), (), _>(
+            tonic::Request::new(()),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/bankauth.v1.AuthService/Nope"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "UNIMPLEMENTED");
+    assert_eq!(info.metadata["method"], "/bankauth.v1.AuthService/Nope");
+
+    let text = app.scrape().await;
+    let rpcs = |method, code| {
+        sample(
+            &text,
+            "bankauth_rpc_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    assert_eq!(rpcs("IssueWidgetToken", "OUT_OF_RANGE"), 1.0);
+    assert_eq!(rpcs("grpc.health.v1.Health/Check", "OK"), 1.0);
+    assert_eq!(rpcs("unknown", "UNIMPLEMENTED"), 1.0);
+    let samples = text
+        .lines()
+        .filter(|line| line.starts_with("bankauth_rpc_requests_total{"))
+        .count();
+    assert_eq!(samples, 3, "{text}");
+    for method in ["IssueWidgetToken", "grpc.health.v1.Health/Check", "unknown"] {
+        assert_eq!(
+            sample(
+                &text,
+                "bankauth_rpc_duration_seconds_count",
+                &[("method", method)]
+            ),
+            1.0,
+            "{method}"
+        );
+    }
 }
 
 async fn health_status(addr: std::net::SocketAddr, service: &str) -> ServingStatus {

@@ -20,8 +20,8 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStderr, Command};
 
 use crate::helpers::{
-    RedisServer, TestCa, authorization_code, new_user, serve_binary, start_upstream,
-    write_client_key,
+    RedisServer, TestCa, authorization_code, error_info, new_user, sample, serve_binary,
+    start_upstream, write_client_key,
 };
 use bankauth::sandbox::{Endpoint, Fault};
 
@@ -720,5 +720,106 @@ async fn sigterm_under_load_completes_every_accepted_call_and_exits_zero() {
         rpcs("rpc finished"),
         served,
         "every call the server accepted reached its caller"
+    );
+}
+
+/// An RPC whose deadline passes: the caller gets DEADLINE_EXCEEDED with its
+/// ErrorInfo, and the server writes exactly one log line and one metric
+/// sample for it.
+#[tokio::test]
+async fn an_rpc_past_its_deadline_is_answered_logged_and_counted_once() {
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        &upstream,
+        "[telemetry]\nmetrics_addr = \"127.0.0.1:0\"\n",
+    );
+    let (mut child, mut lines) =
+        serve_binary(&config, &[("BANKAUTH_SERVER__REQUEST_TIMEOUT_MS", "1000")]);
+    let listening = wait_for(&mut lines, "bankauth listening").await;
+    let field = |name: &str| {
+        listening
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {listening}"))
+            .trim_end_matches(')')
+            .to_owned()
+    };
+    let (addr, metrics) = (field("addr="), field("metrics=Some("));
+    let user = upstream.sandbox.seed_users(1).remove(0);
+    upstream
+        .sandbox
+        .fail_next(Endpoint::Token, Fault::Stall(Duration::from_secs(10)));
+
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    // The caller would wait 5 s; the server's 1 s is what fires.
+    let mut request = tonic::Request::new(bankauth::proto::v1::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: user,
+        force_refresh: false,
+    });
+    request.set_timeout(Duration::from_secs(5));
+    let status = client.issue_widget_token(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("DEADLINE_EXCEEDED", "bankauth.dev")
+    );
+
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples: Vec<_> = text
+        .lines()
+        .filter(|line| line.starts_with("bankauth_rpc_requests_total{"))
+        .collect();
+    assert_eq!(samples.len(), 1, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "bankauth_rpc_requests_total",
+            &[
+                ("method", "IssueWidgetToken"),
+                ("code", "DEADLINE_EXCEEDED")
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "bankauth_rpc_duration_seconds_count",
+            &[("method", "IssueWidgetToken")]
+        ),
+        1.0
+    );
+
+    signal(child.id().unwrap(), "TERM");
+    let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("bankauth exits after SIGTERM")
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    let mut log = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        log.push(line);
+    }
+    let ends: Vec<_> = log
+        .iter()
+        .filter(|line| line.contains("rpc failed") || line.contains("rpc finished"))
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:#?}");
+    assert!(
+        ends[0].contains("IssueWidgetToken") && ends[0].contains("DEADLINE_EXCEEDED"),
+        "{}",
+        ends[0]
     );
 }

@@ -436,21 +436,35 @@ async fn while_redis_is_down_each_replica_spends_only_its_share_of_the_rate_limi
 
 #[tokio::test]
 async fn a_stalled_provider_fails_a_caller_at_its_deadline_and_serves_cached_tokens() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        c.server.request_timeout_ms = 1_000;
+    })
+    .await;
     let users = app.sandbox().seed_users(2);
     let cached = app.widget_token(&users[0]).await.unwrap();
     app.sandbox()
         .fail_next(Endpoint::Token, Fault::Stall(Duration::from_secs(10)));
+    // The caller would wait 5 s; the server's 1 s is what fires.
+    let started = std::time::Instant::now();
     let status = app
         .client
-        .issue_widget_token(widget_within(&users[1], Duration::from_secs(1)))
+        .issue_widget_token(widget_within(&users[1], Duration::from_secs(5)))
         .await
         .unwrap_err();
-    // Whichever side's timer fires first: the server's (DEADLINE_EXCEEDED)
-    // or the client's own (CANCELLED, "Timeout expired").
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
-        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{status:?}"
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let info = error_info(&status);
+    assert_eq!(info.reason, "DEADLINE_EXCEEDED");
+    assert_eq!(info.domain, "bankauth.dev");
+    assert_eq!(info.metadata["timeout_ms"], "1000");
+    assert!(
+        status.message().contains("server.request_timeout_ms"),
+        "{}",
+        status.message()
     );
     assert_eq!(app.widget_token(&users[0]).await.unwrap(), cached);
 }
