@@ -51,10 +51,9 @@ impl Sha256Hex {
     pub const REQUIREMENT: &str = "list the SHA-256 of each key, as 64 lowercase hex characters";
 
     pub fn parse(text: &str) -> Result<Self, &'static str> {
-        let lowercase_hex = text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        let digest = hex::decode(text).ok().filter(|_| lowercase_hex);
+        let digest = hex::decode(text)
+            .ok()
+            .filter(|_| crate::domain::is_sha256_hex(text));
         digest
             .and_then(|bytes| bytes.try_into().ok())
             .map(Self)
