@@ -26,7 +26,7 @@ use crate::helpers::{
 use bankauth::sandbox::{Endpoint, Fault};
 
 /// Reads log lines until one contains `needle`; returns it.
-pub async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
+async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
     let read = async {
         let mut seen = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -90,7 +90,7 @@ fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -
 }
 
 /// Waits for the "listening" log line; returns the address it names.
-pub async fn listening_addr(lines: &mut Lines<BufReader<ChildStderr>>) -> String {
+async fn listening_addr(lines: &mut Lines<BufReader<ChildStderr>>) -> String {
     let listening = wait_for(lines, "bankauth listening").await;
     assert!(
         !listening.contains('\u{1b}'),

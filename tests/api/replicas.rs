@@ -7,36 +7,18 @@ use std::time::{Duration, Instant};
 
 use bankauth::demo::DemoUpstream;
 use bankauth::proto::v1 as pb;
-use bankauth::proto::v1::auth_service_client::AuthServiceClient;
 use futures::future::join_all;
 use tonic::Code;
-use tonic::transport::Channel;
 
-use crate::helpers::{RedisServer, error_info, serve_binary, start_upstream, write_client_key};
-use crate::process::listening_addr;
+use crate::helpers::{Bankauth, RedisServer, error_info, start_upstream, write_client_key};
 use crate::redis_modes::RedisCluster;
 
-/// One `bankauth serve` process; killed when dropped.
-struct Replica {
-    child: tokio::process::Child,
-    client: AuthServiceClient<Channel>,
-    /// Drains the process's logs, so a full pipe never stalls it.
-    _logs: tokio::task::JoinHandle<()>,
-}
+/// One `bankauth serve` process of the deployment; killed when dropped.
+struct Replica(Bankauth);
 
 impl Replica {
     async fn start(config: &Path) -> Self {
-        let (child, mut lines) = serve_binary(config, &[("RUST_LOG", "warn,bankauth=info")]);
-        let addr = listening_addr(&mut lines).await;
-        let logs = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let client = AuthServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("the replica accepts connections");
-        Self {
-            child,
-            client,
-            _logs: logs,
-        }
+        Self(Bankauth::start(config).await)
     }
 
     async fn widget(
@@ -50,7 +32,7 @@ impl Replica {
             force_refresh: false,
         });
         request.set_timeout(timeout);
-        let response = self.client.clone().issue_widget_token(request).await?;
+        let response = self.0.client.clone().issue_widget_token(request).await?;
         Ok(response.into_inner().token.expect("a token"))
     }
 }
@@ -167,10 +149,10 @@ async fn a_cached_token_survives_a_replica_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &upstream, &SharedCache::Node(&redis), "");
     let user = upstream.sandbox.seed_users(1).remove(0);
-    let mut first = Replica::start(&config).await;
+    let first = Replica::start(&config).await;
     let token = first.widget(&user, Duration::from_secs(10)).await.unwrap();
     let calls = upstream.sandbox.token_requests();
-    first.child.kill().await.unwrap();
+    drop(first);
 
     let restarted = Replica::start(&config).await;
     assert_eq!(
@@ -207,6 +189,7 @@ async fn an_invalidation_reaches_every_replica_process_on_a_cluster() {
     let calls = upstream.sandbox.token_requests();
 
     let invalidated = replicas[2]
+        .0
         .client
         .clone()
         .invalidate_token(pb::InvalidateTokenRequest {

@@ -5,18 +5,13 @@
 //! The token issuer is the independent OpenID provider peer (oidc-provider),
 //! so neither side of these exchanges is code of ours.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bankauth::proto::v1::auth_service_client::AuthServiceClient;
 use bankauth::proto::v1::{self as pb};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::scim_peer::ScimPeer;
-use crate::helpers::{new_user, serve_binary};
+use crate::helpers::{Bankauth, new_user};
 
 /// The issuer of the access tokens bankauth presents and the SCIM peer
 /// trusts: the provider bankauth gets its tokens from.
@@ -61,93 +56,37 @@ async fn discover_jwks_url(issuer: &str) -> String {
         .to_owned()
 }
 
-/// The running `bankauth serve`, its log lines kept for failure messages.
-struct Bankauth {
-    _child: tokio::process::Child,
-    client: AuthServiceClient<Channel>,
-    log: Arc<Mutex<VecDeque<String>>>,
-}
+/// Starts the binary with one Moneyhub provider: tokens from `issuer`,
+/// users at `scim_url`.
+async fn start_bankauth(dir: &Path, issuer: &TokenIssuer, scim_url: &str) -> Bankauth {
+    let config = dir.join(format!("bankauth-{}.toml", crate::helpers::free_port()));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [server]
+            listen_addr = "127.0.0.1:0"
+            allow_plaintext = true
 
-impl Bankauth {
-    /// Starts the binary with one Moneyhub provider: tokens from `issuer`,
-    /// users at `scim_url`.
-    async fn start(dir: &Path, issuer: &TokenIssuer, scim_url: &str) -> Self {
-        let config = dir.join(format!("bankauth-{}.toml", crate::helpers::free_port()));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-                [server]
-                listen_addr = "127.0.0.1:0"
-                allow_plaintext = true
+            [access]
+            allow_anonymous = true
 
-                [access]
-                allow_anonymous = true
-
-                [providers.moneyhub]
-                kind = "moneyhub"
-                issuer = "{issuer}"
-                client_id = "{client_id}"
-                private_key_file = "{key}"
-                scim_url = "{scim_url}"
-                data_scopes = ["accounts:read"]
-                application_scopes = ["scim_user:read"]
-                "#,
-                issuer = issuer.issuer,
-                client_id = issuer.client_id,
-                key = issuer.private_key_file.display(),
-            ),
-        )
-        .unwrap();
-        let (child, mut lines) = serve_binary(&config, &[]);
-        let log = Arc::new(Mutex::new(VecDeque::new()));
-        let (listening, addr) = tokio::sync::oneshot::channel();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut listening = Some(listening);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("bankauth listening")
-                    && let Some(addr) = line
-                        .split_whitespace()
-                        .find_map(|field| field.strip_prefix("addr="))
-                    && let Some(listening) = listening.take()
-                {
-                    let _ = listening.send(addr.to_owned());
-                }
-                let mut log = sink.lock().unwrap();
-                if log.len() == 200 {
-                    log.pop_front();
-                }
-                log.push_back(line);
-            }
-        });
-        let addr = match tokio::time::timeout(Duration::from_secs(30), addr).await {
-            Ok(Ok(addr)) => addr,
-            _ => panic!(
-                "bankauth did not start listening:\n{}",
-                tail(&log.lock().unwrap())
-            ),
-        };
-        let client = AuthServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        Self {
-            _child: child,
-            client,
-            log,
-        }
-    }
-}
-
-fn tail(log: &VecDeque<String>) -> String {
-    let lines: Vec<&str> = log
-        .iter()
-        .rev()
-        .take(30)
-        .rev()
-        .map(String::as_str)
-        .collect();
-    lines.join("\n")
+            [providers.moneyhub]
+            kind = "moneyhub"
+            issuer = "{issuer}"
+            client_id = "{client_id}"
+            private_key_file = "{key}"
+            scim_url = "{scim_url}"
+            data_scopes = ["accounts:read"]
+            application_scopes = ["scim_user:read"]
+            "#,
+            issuer = issuer.issuer,
+            client_id = issuer.client_id,
+            key = issuer.private_key_file.display(),
+        ),
+    )
+    .unwrap();
+    Bankauth::start(&config).await
 }
 
 /// bankauth (the real binary) against the SCIM peer, both trusting one
@@ -174,7 +113,7 @@ impl Stack {
 
     /// bankauth getting its tokens from `issuer`, its users from `peer`.
     async fn assemble(issuer: TokenIssuer, dir: tempfile::TempDir, peer: ScimPeer) -> Self {
-        let bankauth = Bankauth::start(dir.path(), &issuer, &peer.base_url()).await;
+        let bankauth = start_bankauth(dir.path(), &issuer, &peer.base_url()).await;
         Self {
             bankauth,
             peer,
@@ -185,15 +124,15 @@ impl Stack {
 
     /// Another replica of bankauth, with its own cache, on the same peer.
     async fn another_bankauth(&self) -> Bankauth {
-        Bankauth::start(self.dir.path(), &self.issuer, &self.peer.base_url()).await
+        start_bankauth(self.dir.path(), &self.issuer, &self.peer.base_url()).await
     }
 
     /// Both sides' logs, for a failure message.
     fn explain(&self) -> String {
         format!(
-            "{}\n--- bankauth log tail ---\n{}\n---",
+            "{}\n{}\n---",
             self.peer.log_tail(),
-            tail(&self.bankauth.log.lock().unwrap())
+            self.bankauth.log_tail()
         )
     }
 
