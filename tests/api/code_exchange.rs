@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 
 use crate::helpers::{
-    TestApp, authorization_code, error_info, spawn_app, spawn_app_with, start_upstream,
+    TestApp, authorization_code, authorization_response, error_info, spawn_app, spawn_app_with,
+    start_upstream,
 };
 
 const REDIRECT_URI: &str = "https://app.example.com/callback";
@@ -112,29 +113,8 @@ async fn a_code_is_single_use() {
 #[tokio::test]
 async fn the_authorization_response_names_the_issuer() {
     let app = spawn_app().await;
-    let mut url = app.upstream.sandbox.authorization_url();
-    url.query_pairs_mut()
-        .append_pair("client_id", bankauth::demo::DEMO_CLIENT_ID)
-        .append_pair("response_type", "code")
-        .append_pair("redirect_uri", REDIRECT_URI)
-        .append_pair("state", "s-1");
-    let response = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await
-        .unwrap();
-    let location: url::Url = response.headers()["location"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let iss = location
-        .query_pairs()
-        .find(|(name, _)| name == "iss")
-        .map(|(_, iss)| iss.into_owned());
+    let params = [("redirect_uri", REDIRECT_URI), ("state", "s-1")];
+    let iss = authorization_response(&app.upstream, &params, "iss").await;
     assert_eq!(iss, Some(app.upstream.sandbox.issuer().to_string()));
 }
 

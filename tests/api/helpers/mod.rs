@@ -272,6 +272,18 @@ pub fn moneykit_config(
 /// Walks the sandbox's authorization endpoint as a browser would and
 /// returns the code from the redirect.
 pub async fn authorization_code(upstream: &DemoUpstream, params: &[(&str, &str)]) -> String {
+    authorization_response(upstream, params, "code")
+        .await
+        .expect("a code in the redirect")
+}
+
+/// Walks the sandbox's authorization endpoint as a browser would and
+/// returns the parameter `name` of the redirect it answers with.
+pub async fn authorization_response(
+    upstream: &DemoUpstream,
+    params: &[(&str, &str)],
+    name: &str,
+) -> Option<String> {
     let mut url = upstream.sandbox.authorization_url();
     url.query_pairs_mut()
         .append_pair("client_id", bankauth::demo::DEMO_CLIENT_ID)
@@ -293,9 +305,8 @@ pub async fn authorization_code(upstream: &DemoUpstream, params: &[(&str, &str)]
         .unwrap();
     location
         .query_pairs()
-        .find(|(name, _)| name == "code")
-        .map(|(_, code)| code.into_owned())
-        .expect("a code in the redirect")
+        .find(|(found, _)| found == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 /// Lowercase hex SHA-256, computed independently of bankauth's own helper.
