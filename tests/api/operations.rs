@@ -6,10 +6,9 @@ use std::time::Duration;
 use bankauth::sandbox::{Endpoint, Fault};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{
-    RedisServer, error_info, sample, spawn_app_with, start_upstream, with_metrics,
+    RedisServer, error_info, health_status, sample, spawn_app_with, start_upstream, with_metrics,
 };
 
 #[tokio::test]
@@ -135,22 +134,6 @@ async fn health_checks_and_calls_refused_before_a_handler_are_counted() {
             "{method}"
         );
     }
-}
-
-async fn health_status(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
 }
 
 /// Readiness (`""` and AuthService) and liveness, which must all be SERVING.

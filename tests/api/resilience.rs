@@ -8,31 +8,16 @@ use bankauth::config::{Config, ProviderConfig};
 use bankauth::proto::v1 as pb;
 use bankauth::sandbox::{Endpoint, ExpiryField, Fault};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    RedisServer, TestApp, error_info, sample, spawn_app, spawn_app_with, start_upstream, use_redis,
-    with_metrics,
+    RedisServer, TestApp, error_info, health_status, sample, spawn_app, spawn_app_with,
+    start_upstream, use_redis, with_metrics,
 };
 
 fn sandbox_provider(config: &mut Config) -> &mut ProviderConfig {
     config.providers.get_mut("sandbox").unwrap()
-}
-
-/// The readiness status (`""`) as the health service reports it (1: SERVING).
-async fn readiness(addr: std::net::SocketAddr) -> i32 {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map_or(-1, |response| response.into_inner().status)
 }
 
 /// A widget-token request the caller gives `timeout` to answer.
@@ -582,7 +567,7 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
         tokio::spawn(async move {
             let mut statuses = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                statuses.push(readiness(addr).await);
+                statuses.push(health_status(addr, "").await);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             statuses
@@ -607,7 +592,9 @@ async fn a_redis_outage_under_load_fails_no_call_and_recovers_by_itself() {
         statuses.len()
     );
     assert!(
-        statuses.iter().all(|status| *status == 1),
+        statuses
+            .iter()
+            .all(|status| *status == ServingStatus::Serving),
         "readiness left SERVING during the outage: {statuses:?}"
     );
 

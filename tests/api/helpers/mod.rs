@@ -317,3 +317,24 @@ pub fn sha256_hex(value: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The status the health service reports for `service` at `addr`.
+pub async fn health_status(
+    addr: std::net::SocketAddr,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
