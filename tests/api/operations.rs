@@ -11,6 +11,15 @@ use crate::helpers::{
     RedisServer, error_info, health_status, sample, spawn_app_with, start_upstream, with_metrics,
 };
 
+/// `bankauth_rpc_requests_total` for `method` answered with `code`, in a scrape.
+fn rpc_count(text: &str, method: &str, code: &str) -> f64 {
+    sample(
+        text,
+        "bankauth_rpc_requests_total",
+        &[("method", method), ("code", code)],
+    )
+}
+
 #[tokio::test]
 async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
     let upstream = start_upstream().await;
@@ -24,13 +33,7 @@ async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
     app.widget_token("not valid").await.unwrap_err();
     let text = app.scrape().await;
 
-    let rpcs = |method, code| {
-        sample(
-            &text,
-            "bankauth_rpc_requests_total",
-            &[("method", method), ("code", code)],
-        )
-    };
+    let rpcs = |method, code| rpc_count(&text, method, code);
     assert_eq!(rpcs("IssueWidgetToken", "OK"), 2.0);
     assert_eq!(rpcs("IssueWidgetToken", "INVALID_ARGUMENT"), 1.0);
     assert_eq!(rpcs("CreateUser", "OK"), 1.0);
@@ -108,13 +111,7 @@ async fn health_checks_and_calls_refused_before_a_handler_are_counted() {
     assert_eq!(info.metadata["method"], "/bankauth.v1.AuthService/Nope");
 
     let text = app.scrape().await;
-    let rpcs = |method, code| {
-        sample(
-            &text,
-            "bankauth_rpc_requests_total",
-            &[("method", method), ("code", code)],
-        )
-    };
+    let rpcs = |method, code| rpc_count(&text, method, code);
     assert_eq!(rpcs("IssueWidgetToken", "OUT_OF_RANGE"), 1.0);
     assert_eq!(rpcs("grpc.health.v1.Health/Check", "OK"), 1.0);
     assert_eq!(rpcs("unknown", "UNIMPLEMENTED"), 1.0);
