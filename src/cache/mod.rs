@@ -319,7 +319,6 @@ impl Cache {
         let Some(ttl) = token.ttl(now_ms) else {
             return;
         };
-        self.keep_local(key, token, ttl, true);
         let written = match self.shared() {
             Some(redis) => {
                 let written = redis.put_token(key, token, ttl).await;
@@ -331,9 +330,7 @@ impl Cache {
             }
             None => false,
         };
-        if !written {
-            self.keep_local(key, token, ttl, false);
-        }
+        self.keep_local(key, token, ttl, written);
     }
 
     /// After a failed refresh, keeps serving the cached token and tries
