@@ -419,4 +419,47 @@ mod tests {
             Lookup::Fetch
         ));
     }
+
+    #[test]
+    fn a_jwks_lifetime_is_held_between_the_refetch_interval_and_a_day() {
+        let key = crate::provider::SigningKey::generate(crate::provider::SigningAlgorithm::ES256)
+            .unwrap()
+            .0
+            .public_jwk();
+        let kid = key.common.key_id.clone().unwrap();
+        let start = Instant::now();
+        let interval = Duration::from_secs(30);
+        let cached = |max_age| JwksCache {
+            current: Some(FetchedJwks {
+                keys: JwkSet {
+                    keys: vec![key.clone()],
+                },
+                fetched_at: start,
+                max_age,
+            }),
+            last_refetch: None,
+        };
+        let at = |secs| start + Duration::from_secs(secs);
+        // `no-cache` (zero) still serves for one refetch interval…
+        let no_cache = cached(Duration::ZERO);
+        assert!(matches!(
+            no_cache.lookup(Some(&kid), interval, at(29)),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            no_cache.lookup(Some(&kid), interval, at(30)),
+            Lookup::Fetch
+        ));
+        // …and a year-long max-age is cut to a day.
+        let year = cached(Duration::from_secs(365 * 24 * 3600));
+        let day = 24 * 3600;
+        assert!(matches!(
+            year.lookup(Some(&kid), interval, at(day - 1)),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            year.lookup(Some(&kid), interval, at(day)),
+            Lookup::Fetch
+        ));
+    }
 }

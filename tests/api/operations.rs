@@ -246,3 +246,22 @@ async fn shutdown_lets_in_flight_calls_finish_and_then_refuses_new_ones() {
     let after = app.widget_token(&user).await.unwrap_err();
     assert_eq!(after.code(), Code::Unavailable, "{after:?}");
 }
+
+#[tokio::test]
+async fn without_redis_the_redis_health_status_is_not_found() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = spawn_app_with(start_upstream().await, |_| {}).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "redis".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(health_status(app.addr, "").await, ServingStatus::Serving);
+}
