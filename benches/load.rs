@@ -169,6 +169,48 @@ impl pb::auth_service_server::AuthService for EmptyHandler {
     ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+
+    async fn create_authorization_url(
+        &self,
+        _: Request<pb::CreateAuthorizationUrlRequest>,
+    ) -> Result<Response<pb::CreateAuthorizationUrlResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn delete_user(
+        &self,
+        _: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn list_users(
+        &self,
+        _: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn list_user_connections(
+        &self,
+        _: Request<pb::ListUserConnectionsRequest>,
+    ) -> Result<Response<pb::ListUserConnectionsResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn delete_user_connection(
+        &self,
+        _: Request<pb::DeleteUserConnectionRequest>,
+    ) -> Result<Response<pb::DeleteUserConnectionResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }
 
 /// bankauth itself, configured from the environment the parent sets: the

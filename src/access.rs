@@ -24,9 +24,15 @@ pub const RPCS: &[&str] = &[
     "GetUser",
     "IssueWidgetToken",
     "IssueDataToken",
+    "CreateAuthorizationUrl",
     "ExchangeAuthorizationCode",
     "RefreshToken",
     "InvalidateToken",
+    "DeleteUser",
+    "ListUsers",
+    "ListUserConnections",
+    "DeleteUserConnection",
+    "RevokeToken",
 ];
 
 /// Checks that each policy lists RPC names from [`RPCS`] (or `"*"`): the

@@ -140,6 +140,13 @@ impl AuthServiceRpc for AuthApi {
         .await
     }
 
+    async fn create_authorization_url(
+        &self,
+        _request: Request<pb::CreateAuthorizationUrlRequest>,
+    ) -> Result<Response<pb::CreateAuthorizationUrlResponse>, Status> {
+        Err(Status::unimplemented("TODO(issue 16)"))
+    }
+
     async fn exchange_authorization_code(
         &self,
         request: Request<pb::ExchangeAuthorizationCodeRequest>,
@@ -213,6 +220,41 @@ impl AuthServiceRpc for AuthApi {
             Ok(pb::InvalidateTokenResponse { invalidated })
         })
         .await
+    }
+
+    async fn delete_user(
+        &self,
+        _request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        Err(Status::unimplemented("TODO(issue 16)"))
+    }
+
+    async fn list_users(
+        &self,
+        _request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        Err(Status::unimplemented("TODO(issue 16)"))
+    }
+
+    async fn list_user_connections(
+        &self,
+        _request: Request<pb::ListUserConnectionsRequest>,
+    ) -> Result<Response<pb::ListUserConnectionsResponse>, Status> {
+        Err(Status::unimplemented("TODO(issue 16)"))
+    }
+
+    async fn delete_user_connection(
+        &self,
+        _request: Request<pb::DeleteUserConnectionRequest>,
+    ) -> Result<Response<pb::DeleteUserConnectionResponse>, Status> {
+        Err(Status::unimplemented("TODO(issue 16)"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("TODO(issue 16)"))
     }
 }
 

@@ -17,6 +17,12 @@ pub struct Endpoints {
     pub token_url: Url,
     /// Keys that sign the provider's ID tokens, when known.
     pub jwks_url: Option<Url>,
+    /// Where a user's browser is sent to authorise (discovery only).
+    pub authorization_url: Option<Url>,
+    /// The pushed authorization request endpoint, RFC 9126 (discovery only).
+    pub par_url: Option<Url>,
+    /// The token revocation endpoint, RFC 7009 (discovery only).
+    pub revocation_url: Option<Url>,
 }
 
 #[derive(Deserialize)]
@@ -24,6 +30,9 @@ struct DiscoveryDocument {
     issuer: String,
     token_endpoint: Url,
     jwks_uri: Option<Url>,
+    authorization_endpoint: Option<Url>,
+    pushed_authorization_request_endpoint: Option<Url>,
+    revocation_endpoint: Option<Url>,
 }
 
 /// Resolves the endpoints: discovery when only an issuer is configured.
@@ -40,6 +49,9 @@ pub async fn resolve(
             issuer,
             token_url,
             jwks_url: config.jwks_url.clone(),
+            authorization_url: None,
+            par_url: None,
+            revocation_url: None,
         });
     }
     let issuer_url = config
@@ -58,6 +70,11 @@ pub async fn resolve(
     for (name, url) in [
         ("token_endpoint", Some(&document.token_endpoint)),
         ("jwks_uri", jwks_url.as_ref()),
+        (
+            "pushed_authorization_request_endpoint",
+            document.pushed_authorization_request_endpoint.as_ref(),
+        ),
+        ("revocation_endpoint", document.revocation_endpoint.as_ref()),
     ] {
         if url.is_some_and(|url| config.refuses_insecure(url)) {
             return Err(ProviderError::unavailable(format!(
@@ -69,6 +86,9 @@ pub async fn resolve(
         issuer,
         token_url: document.token_endpoint,
         jwks_url,
+        authorization_url: document.authorization_endpoint,
+        par_url: document.pushed_authorization_request_endpoint,
+        revocation_url: document.revocation_endpoint,
     })
 }
 

@@ -42,6 +42,7 @@ fn exchange(code: &str) -> pb::ExchangeAuthorizationCodeRequest {
         code_verifier: VERIFIER.into(),
         nonce: "n-1".into(),
         sub: String::new(),
+        state: String::new(),
     }
 }
 

@@ -170,6 +170,7 @@ async fn sighup_drops_the_cached_jwks_so_removed_keys_stop_being_trusted() {
                 code_verifier: String::new(),
                 nonce: "n".into(),
                 sub: String::new(),
+                state: String::new(),
             })
             .await
             .unwrap();
@@ -569,6 +570,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
                 code_verifier: String::new(),
                 nonce: String::new(),
                 sub: String::new(),
+                state: String::new(),
             },
         ))
         .await

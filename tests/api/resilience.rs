@@ -248,6 +248,7 @@ async fn a_code_exchange_that_may_have_reached_the_provider_is_not_replayed() {
         code_verifier: String::new(),
         nonce: String::new(),
         sub: user,
+        state: String::new(),
     };
     let before = app.sandbox().token_requests();
     app.sandbox().fail_next(Endpoint::Token, Fault::Status(500));

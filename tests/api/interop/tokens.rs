@@ -153,6 +153,7 @@ fn exchange_request(code: &str, nonce: &str) -> pb::ExchangeAuthorizationCodeReq
         code_verifier: VERIFIER.into(),
         nonce: nonce.into(),
         sub: USER.into(),
+        state: String::new(),
     }
 }
 
