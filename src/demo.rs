@@ -9,7 +9,9 @@ use secrecy::SecretString;
 
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::provider::{KeyError, SigningAlgorithm, SigningKey};
-use crate::sandbox::{RegisteredClient, Sandbox, SandboxOptions, client_jwks};
+use crate::sandbox::{
+    DEFAULT_REDIRECT_URI, RegisteredClient, Sandbox, SandboxOptions, client_jwks,
+};
 
 /// The provider name the demo configures.
 pub const DEMO_PROVIDER: &str = "sandbox";
@@ -56,6 +58,11 @@ impl DemoUpstream {
         config.private_key_pem = Some(self.client_key_pem.clone());
         config.data_scopes = DEMO_DATA_SCOPES.iter().map(|s| s.to_string()).collect();
         config.application_scopes = vec!["scim_user:read".to_owned()];
+        config.redirect_uris = vec![
+            DEFAULT_REDIRECT_URI
+                .parse()
+                .expect("the sandbox's redirect URI is a URL"),
+        ];
         config
     }
 
@@ -91,6 +98,9 @@ Try it (grpcurl discovers the API through server reflection):
   grpcurl -plaintext -d '{{"user_id":"<id from CreateUser>"}}' {target} bankauth.v1.AuthService/GetUser
   grpcurl -plaintext -d '{{"user_id":"<id from CreateUser>"}}' {target} bankauth.v1.AuthService/IssueWidgetToken
   grpcurl -plaintext -d '{{"user_id":"<id from CreateUser>","scopes":["accounts:read","transactions:read:all"]}}' {target} bankauth.v1.AuthService/IssueDataToken
+  grpcurl -plaintext -d '{{"user_id":"<id from CreateUser>","redirect_uri":"{DEFAULT_REDIRECT_URI}","connect_bank":{{}}}}' {target} bankauth.v1.AuthService/CreateAuthorizationUrl
+  curl -s -o /dev/null -w '%{{redirect_url}}\n' '<url from CreateAuthorizationUrl>'   # the sandbox consents at once: the callback URL with code and state
+  grpcurl -plaintext -d '{{"state":"<state>","code":"<code from the callback>"}}' {target} bankauth.v1.AuthService/ExchangeAuthorizationCode
   grpcurl -plaintext {target} grpc.health.v1.Health/Check
 "#
     )

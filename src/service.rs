@@ -1,21 +1,30 @@
 //! The business logic: users and tokens, through the cache, from providers.
 //! Knows nothing of gRPC; the `api` module adapts it.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::cache::single_flight::{Abandoned, Flight, SingleFlight};
-use crate::cache::{Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint};
+use crate::cache::{
+    AuthorizationKey, Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint,
+};
 use crate::deadline;
 use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
 use crate::provider::{
-    Expected, Grant, IdTokenClaims, IdTokenError, Provider, ProviderError, Providers,
-    SCIM_READ_SCOPE, SCIM_WRITE_SCOPE, WIDGET_SCOPE,
+    AuthorizationParams, AuthorizeError, Expected, Grant, IdTokenClaims, IdTokenError, Provider,
+    ProviderError, Providers, Purpose, SCIM_READ_SCOPE, SCIM_WRITE_SCOPE, WIDGET_SCOPE,
 };
+use crate::random::random_hex;
 use crate::telemetry::Metrics;
 
 /// Why a request failed. Mapped to a gRPC status in `api::status`, only there.
@@ -38,7 +47,7 @@ pub enum Error {
     #[error("provider {provider} {reason}")]
     Unsupported {
         provider: String,
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
     #[error("provider {provider}: {source}")]
     IdToken {
@@ -50,6 +59,12 @@ pub enum Error {
     /// still serve the token; retrying is safe.
     #[error("the shared cache is unavailable, so other replicas may still serve this token; retry")]
     CacheUnavailable,
+    /// Redis is configured but down: an authorization state kept only in
+    /// this process could not be exchanged on another replica; retry.
+    #[error(
+        "the shared cache is unavailable, so the authorization state cannot be shared with other replicas; retry"
+    )]
+    StateUnavailable,
     /// A bug: the shared fetch this request waited on ended without a
     /// result (it panicked). The next request starts a new fetch.
     #[error("the token fetch failed unexpectedly; retry")]
@@ -73,6 +88,38 @@ pub struct CodeExchange<'a> {
     pub code_verifier: Option<&'a str>,
     pub nonce: Option<&'a str>,
     pub sub: Option<&'a UserId>,
+}
+
+/// How long a state, and the URL carrying it, can be used.
+pub const AUTHORIZATION_TTL: Duration = Duration::from_secs(600);
+
+/// What CreateAuthorizationUrl remembers under the state, for the one
+/// exchange that spends it. Holds the nonce and PKCE verifier: sealed in
+/// Redis, never logged, so it has no `Debug`.
+#[derive(Serialize, Deserialize)]
+struct PendingAuthorization {
+    provider: String,
+    caller: String,
+    user_id: String,
+    redirect_uri: String,
+    nonce: String,
+    code_verifier: String,
+    purpose: Purpose,
+}
+
+/// What CreateAuthorizationUrl answers.
+pub struct StartedAuthorization {
+    pub url: String,
+    pub state: String,
+    /// Unix seconds: the state's lifetime, or the pushed request's if shorter.
+    pub expires_at: i64,
+}
+
+/// A completed exchange by state: the token set, and who it was for.
+pub struct StateExchange {
+    pub token_set: TokenSet,
+    pub user_id: UserId,
+    pub purpose: Purpose,
 }
 
 /// Whether a token came from the cache; logged with every token RPC.
@@ -249,6 +296,137 @@ impl AuthService {
             id_token: Some(id_token),
             refresh_token: response.refresh_token,
             claims: Some(claims),
+        })
+    }
+
+    /// Starts an authorization for `user`: makes the state, nonce and PKCE
+    /// verifier, remembers them under the state for [`AUTHORIZATION_TTL`]
+    /// (for `caller` only), and builds the provider's URL.
+    pub async fn create_authorization_url(
+        &self,
+        provider: &Arc<Provider>,
+        caller: &str,
+        user: &UserId,
+        redirect_uri: &str,
+        purpose: Purpose,
+    ) -> Result<StartedAuthorization, Error> {
+        let configured = provider.redirect_uris();
+        if configured.is_empty() {
+            return Err(unsupported(
+                provider,
+                format!(
+                    "has no redirect URIs configured: set providers.{}.redirect_uris",
+                    provider.name()
+                ),
+            ));
+        }
+        if !configured.iter().any(|uri| uri.as_str() == redirect_uri) {
+            return Err(ValidationError::new(
+                "redirect_uri",
+                format!(
+                    "is not one of provider {}'s configured redirect_uris",
+                    provider.name()
+                ),
+            )
+            .into());
+        }
+        // 256 bits each: unguessable, and the verifier is a valid RFC 7636 one.
+        let (state, nonce, code_verifier) =
+            (random_hex::<32>(), random_hex::<32>(), random_hex::<32>());
+        let code_challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
+        let params = AuthorizationParams {
+            user_id: user.as_str(),
+            redirect_uri,
+            state: &state,
+            nonce: &nonce,
+            code_challenge: &code_challenge,
+            purpose: &purpose,
+        };
+        // Built first: a purpose the provider cannot serve is refused
+        // before anything is remembered.
+        let started_at = OffsetDateTime::now_utc().unix_timestamp();
+        let authorization =
+            provider
+                .authorization_url(&params)
+                .await
+                .map_err(|error| match error {
+                    AuthorizeError::Unsupported(reason) => unsupported(provider, reason),
+                    AuthorizeError::Provider(source) => provider_error(provider, source),
+                })?;
+        let pending = PendingAuthorization {
+            provider: provider.name().to_owned(),
+            caller: caller.to_owned(),
+            user_id: user.as_str().to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+            nonce,
+            code_verifier,
+            purpose,
+        };
+        let value = serde_json::to_vec(&pending).map_err(|_| Error::StateUnavailable)?;
+        let key = AuthorizationKey::new(caller, provider.name(), &state);
+        self.cache
+            .put_authorization(&key, &value, AUTHORIZATION_TTL)
+            .await
+            .map_err(|_| Error::StateUnavailable)?;
+        let state_expires_at = started_at + AUTHORIZATION_TTL.as_secs() as i64;
+        Ok(StartedAuthorization {
+            url: authorization.url.into(),
+            state,
+            expires_at: authorization
+                .expires_at
+                .map_or(state_expires_at, |at| at.min(state_expires_at)),
+        })
+    }
+
+    /// Exchanges `code` for the flow `state` started: spends the state
+    /// (atomically, so only one exchange gets it), then exchanges with the
+    /// remembered redirect URI, verifier and nonce, requiring the ID token
+    /// to name the user (and, where it says, the connection) asked for.
+    pub async fn exchange_state(
+        &self,
+        provider: &Arc<Provider>,
+        caller: &str,
+        state: &str,
+        code: &str,
+    ) -> Result<StateExchange, Error> {
+        let key = AuthorizationKey::new(caller, provider.name(), state);
+        let value = self
+            .cache
+            .take_authorization(&key)
+            .await
+            .map_err(|_| Error::StateUnavailable)?
+            .ok_or_else(unusable_state)?;
+        let pending: PendingAuthorization =
+            serde_json::from_slice(&value).map_err(|_| unusable_state())?;
+        if pending.provider != provider.name() || pending.caller != caller {
+            return Err(unusable_state());
+        }
+        let user_id = UserId::parse("state", &pending.user_id).map_err(|_| unusable_state())?;
+        let token_set = self
+            .exchange_code(
+                provider,
+                CodeExchange {
+                    code,
+                    redirect_uri: &pending.redirect_uri,
+                    code_verifier: Some(&pending.code_verifier),
+                    nonce: Some(&pending.nonce),
+                    sub: Some(&user_id),
+                },
+            )
+            .await?;
+        let returned = token_set
+            .claims
+            .as_ref()
+            .and_then(|claims| claims.connection_id.as_deref());
+        if let (Some(expected), Some(returned)) = (pending.purpose.connection_id(), returned) {
+            if expected != returned {
+                return Err(id_token_error(provider, IdTokenError::Connection));
+            }
+        }
+        Ok(StateExchange {
+            token_set,
+            user_id,
+            purpose: pending.purpose,
         })
     }
 
@@ -462,11 +640,21 @@ fn id_token_error(provider: &Provider, source: IdTokenError) -> Error {
     }
 }
 
-fn unsupported(provider: &Provider, reason: &'static str) -> Error {
+fn unsupported(provider: &Provider, reason: impl Into<Cow<'static, str>>) -> Error {
     Error::Unsupported {
         provider: provider.name().to_owned(),
-        reason,
+        reason: reason.into(),
     }
+}
+
+/// The one answer for every state that cannot be used, so a caller learns
+/// nothing about states that are not its own.
+fn unusable_state() -> Error {
+    ValidationError::new(
+        "state",
+        "is unknown, expired, already used, or was made for another caller or provider",
+    )
+    .into()
 }
 
 fn no_users(provider: &Provider) -> Error {

@@ -8,6 +8,7 @@ use crate::domain::{
     ValidationError, bounded_text,
 };
 use crate::proto::v1 as pb;
+use crate::provider::{Consent, Purpose, permissions, provider_id};
 use crate::service::TokenSet;
 
 const MAX_SUBTENANT_FIELD_LEN: usize = 256;
@@ -116,5 +117,82 @@ fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.unix_timestamp(),
         nanos: at.nanosecond() as i32,
+    }
+}
+
+/// The purpose oneof of CreateAuthorizationUrl, each field validated and
+/// named as the request spells it (`connect_bank.bank_id`, …).
+pub fn purpose(request: &pb::CreateAuthorizationUrlRequest) -> Result<Purpose, ValidationError> {
+    use pb::create_authorization_url_request::Purpose as P;
+    let connection = |field: &str, id: &str| provider_id(&format!("{field}.connection_id"), id);
+    match &request.purpose {
+        None => Err(ValidationError::new(
+            "purpose",
+            "set one of connect_bank, reauthorize_connection, refresh_connection, reconsent_connection",
+        )),
+        Some(P::ConnectBank(connect)) => Ok(Purpose::Connect {
+            bank_id: match connect.bank_id.as_str() {
+                "" => None,
+                id => Some(provider_id("connect_bank.bank_id", id)?),
+            },
+            consent: connect
+                .consent
+                .as_ref()
+                .map(|consent| self::consent("connect_bank.consent", consent))
+                .transpose()?,
+            async_sync: connect.async_sync,
+        }),
+        Some(P::ReauthorizeConnection(reauthorize)) => Ok(Purpose::Reauthorize {
+            connection_id: connection("reauthorize_connection", &reauthorize.connection_id)?,
+        }),
+        Some(P::RefreshConnection(refresh)) => Ok(Purpose::Refresh {
+            connection_id: connection("refresh_connection", &refresh.connection_id)?,
+        }),
+        Some(P::ReconsentConnection(reconsent)) => Ok(Purpose::Reconsent {
+            connection_id: connection("reconsent_connection", &reconsent.connection_id)?,
+            consent_expires_at: reconsent
+                .consent_expire_time
+                .as_ref()
+                .map(|at| unix_seconds("reconsent_connection.consent_expire_time", at))
+                .transpose()?,
+        }),
+    }
+}
+
+fn consent(field: &str, consent: &pb::Consent) -> Result<Consent, ValidationError> {
+    let at = |name: &str, value: &Option<prost_types::Timestamp>| {
+        value
+            .as_ref()
+            .map(|at| unix_seconds(&format!("{field}.{name}"), at))
+            .transpose()
+    };
+    let action = pb::PermissionsAction::try_from(consent.permissions_action).map_err(|_| {
+        ValidationError::new(
+            format!("{field}.permissions_action"),
+            "is not a PermissionsAction",
+        )
+    })?;
+    let permissions = permissions(&format!("{field}.permissions"), &consent.permissions)?;
+    if permissions.is_empty() && action != pb::PermissionsAction::Unspecified {
+        return Err(ValidationError::new(
+            format!("{field}.permissions_action"),
+            "needs permissions to combine",
+        ));
+    }
+    Ok(Consent {
+        expires_at: at("expire_time", &consent.expire_time)?,
+        transactions_from: at("transactions_from_time", &consent.transactions_from_time)?,
+        permissions,
+        replace: action == pb::PermissionsAction::Replace,
+    })
+}
+
+/// A timestamp between 1970 and 9999, as whole seconds.
+fn unix_seconds(field: &str, at: &prost_types::Timestamp) -> Result<i64, ValidationError> {
+    const YEAR_10000: i64 = 253_402_300_800;
+    if (0..YEAR_10000).contains(&at.seconds) && (0..1_000_000_000).contains(&at.nanos) {
+        Ok(at.seconds)
+    } else {
+        Err(ValidationError::new(field, "must be between 1970 and 9999"))
     }
 }

@@ -21,7 +21,7 @@ use crate::domain::{
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::provider::{Provider, WIDGET_SCOPE};
-use crate::service::{AuthService, CacheOutcome, CodeExchange};
+use crate::service::{AuthService, CacheOutcome, CodeExchange, TokenSet};
 use observe::Method;
 use status::RpcError;
 
@@ -30,6 +30,8 @@ const MAX_CODE_LEN: usize = 2048;
 /// Longest refresh token accepted; JWT refresh tokens can be a few kB.
 const MAX_REFRESH_TOKEN_LEN: usize = 8192;
 const MAX_NONCE_LEN: usize = 512;
+/// Longest state accepted; bankauth's are 64 hex characters.
+const MAX_STATE_LEN: usize = 256;
 /// Longest access token accepted for invalidation; JWTs run to a few kB.
 const MAX_ACCESS_TOKEN_LEN: usize = 16 * 1024;
 
@@ -142,9 +144,38 @@ impl AuthServiceRpc for AuthApi {
 
     async fn create_authorization_url(
         &self,
-        _request: Request<pb::CreateAuthorizationUrlRequest>,
+        request: Request<pb::CreateAuthorizationUrlRequest>,
     ) -> Result<Response<pb::CreateAuthorizationUrlResponse>, Status> {
-        Err(Status::unimplemented("TODO(issue 16)"))
+        self.observe(request, |caller, request| async move {
+            let provider = self.provider(caller, &request.provider)?;
+            let user_id = UserId::parse("user_id", &request.user_id)?;
+            let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
+            let purpose = convert::purpose(&request)?;
+            let purpose_name = purpose.name();
+            let connection_id = purpose.connection_id().map(str::to_owned);
+            let started = self
+                .service
+                .create_authorization_url(&provider, &caller.name, &user_id, &redirect_uri, purpose)
+                .await?;
+            tracing::info!(
+                target: AUDIT,
+                event = "authorization_url_created",
+                caller = %caller.name,
+                provider = provider.name(),
+                sub = %user_id,
+                purpose = purpose_name,
+                connection_id,
+            );
+            Ok(pb::CreateAuthorizationUrlResponse {
+                url: started.url,
+                state: started.state,
+                expire_time: Some(prost_types::Timestamp {
+                    seconds: started.expires_at,
+                    nanos: 0,
+                }),
+            })
+        })
+        .await
     }
 
     async fn exchange_authorization_code(
@@ -154,6 +185,11 @@ impl AuthServiceRpc for AuthApi {
         self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
             let code = opaque_value("code", &request.code, MAX_CODE_LEN)?;
+            if !request.state.is_empty() {
+                return self
+                    .exchange_by_state(caller, &provider, &request, &code)
+                    .await;
+            }
             let redirect_uri = redirect_uri("redirect_uri", &request.redirect_uri)?;
             let code_verifier = optional(&request.code_verifier, |v| {
                 code_verifier("code_verifier", v)
@@ -274,8 +310,9 @@ fn record_cache(outcome: CacheOutcome) {
     Span::current().record("cache", outcome.as_str());
 }
 
-/// The log target of audit events: one per token issued or user created,
-/// naming the caller; never the token.
+/// The log target of audit events: one per token issued, user created,
+/// authorization URL created or code exchanged by state, naming the
+/// caller; never a token, code, state, nonce or verifier.
 const AUDIT: &str = "bankauth::audit";
 
 fn audit_token(
@@ -296,7 +333,61 @@ fn audit_token(
     );
 }
 
+/// One event per completed exchange by state: who, for whom, which
+/// connection; never the code, state or tokens.
+fn audit_exchange(caller: &Caller, provider: &Provider, token_set: &TokenSet, purpose: &str) {
+    let claims = token_set.claims.as_ref();
+    tracing::info!(
+        target: AUDIT,
+        event = "authorization_code_exchanged",
+        caller = %caller.name,
+        provider = provider.name(),
+        sub = claims.map(|claims| claims.sub.as_str()),
+        connection_id = claims.and_then(|claims| claims.connection_id.as_deref()),
+        purpose,
+    );
+}
+
 impl AuthApi {
+    /// ExchangeAuthorizationCode for a flow CreateAuthorizationUrl started:
+    /// only `state` and `code`; the rest was remembered under the state.
+    async fn exchange_by_state(
+        &self,
+        caller: &Caller,
+        provider: &Arc<Provider>,
+        request: &pb::ExchangeAuthorizationCodeRequest,
+        code: &str,
+    ) -> Result<pb::ExchangeAuthorizationCodeResponse, RpcError> {
+        for (field, value) in [
+            ("redirect_uri", &request.redirect_uri),
+            ("code_verifier", &request.code_verifier),
+            ("nonce", &request.nonce),
+            ("sub", &request.sub),
+        ] {
+            if !value.is_empty() {
+                return Err(ValidationError::new(
+                    field,
+                    "must be empty with state: it comes from the flow CreateAuthorizationUrl started",
+                )
+                .into());
+            }
+        }
+        let state = opaque_value("state", &request.state, MAX_STATE_LEN)?;
+        let exchange = self
+            .service
+            .exchange_state(provider, &caller.name, &state, code)
+            .await?;
+        audit_exchange(
+            caller,
+            provider,
+            &exchange.token_set,
+            exchange.purpose.name(),
+        );
+        Ok(pb::ExchangeAuthorizationCodeResponse {
+            token_set: Some(exchange.token_set.into()),
+        })
+    }
+
     /// Admits the caller (API key or client certificate, RPC policy, rate
     /// limit) and runs the handler. The RPC's name, span and deadline come
     /// from [`observe::ObserveLayer`], which also logs and counts it.

@@ -219,7 +219,7 @@ impl From<Error> for Status {
                 }
             }
             Error::Internal(_) => Reason::InternalError,
-            Error::CacheUnavailable => Reason::SharedCacheUnavailable,
+            Error::CacheUnavailable | Error::StateUnavailable => Reason::SharedCacheUnavailable,
             Error::Provider { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 if let Some(upstream) = upstream_error(&source) {
@@ -247,9 +247,11 @@ impl From<Error> for Status {
 fn classify(error: &ProviderError) -> Reason {
     match error {
         ProviderError::OAuth { error, .. } => match error.as_str() {
-            "invalid_scope" | "invalid_request" | "invalid_grant" => {
-                Reason::UpstreamRejectedRequest
-            }
+            "invalid_scope"
+            | "invalid_request"
+            | "invalid_grant"
+            | "invalid_request_object"
+            | "invalid_redirect_uri" => Reason::UpstreamRejectedRequest,
             "invalid_client" | "unauthorized_client" | "api_error.auth.unauthorized" => {
                 Reason::UpstreamRejectedCredentials
             }

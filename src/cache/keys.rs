@@ -28,6 +28,15 @@ pub(super) fn user(digest: &[u8]) -> String {
     format!("bankauth:{KEY_VERSION}:user:{}", hex::encode(digest))
 }
 
+/// The name of a pending authorization (CreateAuthorizationUrl's state),
+/// from the digest of caller, provider and state: never the state itself.
+pub(super) fn authorization(digest: &[u8]) -> String {
+    format!(
+        "bankauth:{KEY_VERSION}:authorization:{}",
+        hex::encode(digest)
+    )
+}
+
 /// The channel replicas announce invalidations on, as `<provider> <fingerprint>`.
 pub(super) fn invalidations() -> String {
     format!("bankauth:{KEY_VERSION}:invalidations")
@@ -61,6 +70,7 @@ mod tests {
             "bankauth:v2:fingerprint:moneyhub:f00d"
         );
         assert_eq!(user(&[1, 2]), "bankauth:v2:user:0102");
+        assert_eq!(authorization(&[1, 2]), "bankauth:v2:authorization:0102");
         assert_eq!(invalidations(), "bankauth:v2:invalidations");
         let budget = budget("moneyhub", "client-1");
         assert!(budget.starts_with("bankauth:v1:budget:"), "{budget}");

@@ -13,13 +13,21 @@ use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache as Bounded;
 
-use super::{CachedToken, TokenKey, UserKey};
+use super::{AuthorizationKey, CachedToken, TokenKey, UserKey};
+
+/// Most pending authorizations held in process (without Redis). Each is a
+/// few hundred bytes; past this the oldest are evicted, so a caller making
+/// URLs in a loop costs bounded memory (and only spoils its own flows).
+const MAX_PENDING_AUTHORIZATIONS: usize = 10_000;
 
 /// SHA-256 of a token (the raw form of [`super::fingerprint`]).
 fn fingerprint(access_token: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(access_token.as_bytes()).into()
 }
+
+/// A remembered authorization request, and when it expires.
+type Pending = (Arc<Vec<u8>>, Instant);
 
 #[derive(Clone)]
 struct Entry {
@@ -35,6 +43,8 @@ struct Entry {
 pub struct MemoryStore {
     tokens: Arc<Bounded<TokenKey, Entry>>,
     users: Arc<Bounded<UserKey, String>>,
+    /// Pending authorizations: the remembered request, and when it expires.
+    authorizations: Arc<Bounded<AuthorizationKey, Pending>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -52,6 +62,7 @@ impl MemoryStore {
         Self {
             tokens: Arc::new(Bounded::new(capacity)),
             users: Arc::new(Bounded::new(capacity)),
+            authorizations: Arc::new(Bounded::new(MAX_PENDING_AUTHORIZATIONS)),
         }
     }
 
@@ -106,6 +117,20 @@ impl MemoryStore {
     pub fn forget_user(&self, key: &UserKey) {
         self.users.remove(key);
     }
+
+    pub fn put_authorization(&self, key: &AuthorizationKey, value: &[u8], ttl: Duration) {
+        self.authorizations.insert(
+            key.clone(),
+            (Arc::new(value.to_vec()), Instant::now() + ttl),
+        );
+    }
+
+    /// Removes and returns the pending authorization, unless it expired:
+    /// one removal, so two concurrent takers cannot both have it.
+    pub fn take_authorization(&self, key: &AuthorizationKey) -> Option<Vec<u8>> {
+        let (_, (value, expires_at)) = self.authorizations.remove(key)?;
+        (Instant::now() < expires_at).then(|| value.to_vec())
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +154,28 @@ mod tests {
 
     fn key(n: u8) -> TokenKey {
         TokenKey([n; 32])
+    }
+
+    #[test]
+    fn a_pending_authorization_is_taken_once_and_never_after_expiry() {
+        let store = MemoryStore::new(10);
+        let (live, expired) = (
+            AuthorizationKey::new("caller", "p", "s1"),
+            AuthorizationKey::new("caller", "p", "s2"),
+        );
+        store.put_authorization(&live, b"request", Duration::from_secs(60));
+        store.put_authorization(&expired, b"request", Duration::ZERO);
+        assert_eq!(
+            store.take_authorization(&live).as_deref(),
+            Some(&b"request"[..])
+        );
+        assert_eq!(store.take_authorization(&live), None);
+        assert_eq!(store.take_authorization(&expired), None);
+        for n in 0..2 * MAX_PENDING_AUTHORIZATIONS {
+            let key = AuthorizationKey::new("caller", "p", &n.to_string());
+            store.put_authorization(&key, b"request", Duration::from_secs(60));
+        }
+        assert!(store.authorizations.len() <= MAX_PENDING_AUTHORIZATIONS);
     }
 
     #[test]

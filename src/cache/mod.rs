@@ -174,6 +174,30 @@ impl UserKey {
     }
 }
 
+/// Identifies a pending authorization by the caller that made it, its
+/// provider and its state, hashed: a state presented by another caller or
+/// for another provider names another key, so it is unknown there and is
+/// not spent; and Redis key names reveal no state.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AuthorizationKey(String);
+
+impl AuthorizationKey {
+    pub fn new(caller: &str, provider: &str, state: &str) -> Self {
+        let canonical = serde_json::json!([KEY_VERSION, "authorization", caller, provider, state]);
+        Self(keys::authorization(&Sha256::digest(canonical.to_string())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthorizationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Failure of the cache backend; never reaches callers.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -505,6 +529,40 @@ impl Cache {
             let deleted = redis.forget_user(key).await;
             self.report(deleted, "could not forget a deleted user's id");
         }
+    }
+
+    /// Remembers a pending authorization for `ttl`: in Redis (sealed) when
+    /// Redis is configured, since the callback may reach another replica;
+    /// an error, never a silent in-process copy, while Redis is down.
+    pub async fn put_authorization(
+        &self,
+        key: &AuthorizationKey,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        if self.redis.is_none() {
+            self.memory.put_authorization(key, value, ttl);
+            return Ok(());
+        }
+        let redis = self.shared().ok_or(CacheError::Unavailable)?;
+        let written = redis.put_authorization(key, value, ttl).await;
+        self.report(written, "could not remember an authorization state")
+            .ok_or(CacheError::Unavailable)
+    }
+
+    /// Takes (reads and deletes at once) a pending authorization; `None`
+    /// when unknown, expired or already taken.
+    pub async fn take_authorization(
+        &self,
+        key: &AuthorizationKey,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        if self.redis.is_none() {
+            return Ok(self.memory.take_authorization(key));
+        }
+        let redis = self.shared().ok_or(CacheError::Unavailable)?;
+        let taken = redis.take_authorization(key).await;
+        self.report(taken, "could not read an authorization state")
+            .ok_or(CacheError::Unavailable)
     }
 
     /// The handle through which a provider's request budget is shared.

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::redis_connection::{Connection, RedisTarget};
 use super::seal::Sealer;
-use super::{CacheError, CachedToken, TokenKey, UserKey, keys};
+use super::{AuthorizationKey, CacheError, CachedToken, TokenKey, UserKey, keys};
 
 /// How long a created user's id is remembered: far longer than any retry.
 const REMEMBERED_USER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -327,6 +327,38 @@ impl RedisStore {
             .instrument(span("DEL"))
             .await?;
         Ok(())
+    }
+
+    /// Stores a pending authorization, sealed under its key name.
+    pub async fn put_authorization(
+        &self,
+        key: &AuthorizationKey,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let sealed = self.sealer.seal(key.as_str(), value);
+        let _: () = self
+            .connection()
+            .await?
+            .pset_ex(key.as_str(), sealed, millis(ttl))
+            .instrument(span("SET"))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads and deletes a pending authorization in one command (GETDEL),
+    /// so two concurrent exchanges cannot both have it. A value that does
+    /// not open is unknown.
+    pub async fn take_authorization(
+        &self,
+        key: &AuthorizationKey,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        let value: Option<Vec<u8>> = redis::cmd("GETDEL")
+            .arg(key.as_str())
+            .query_async(&mut self.connection().await?)
+            .instrument(span("GETDEL"))
+            .await?;
+        Ok(value.and_then(|sealed| self.sealer.open(key.as_str(), &sealed)))
     }
 
     /// Takes one request from the shared bucket `name`; returns how long

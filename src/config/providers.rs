@@ -164,6 +164,16 @@ pub struct ProviderConfig {
     /// A longer token lifetime is a misread expiry (milliseconds, say): refused.
     #[serde(default = "default_max_token_lifetime_secs")]
     pub max_token_lifetime_secs: u64,
+    /// Where the provider may send a user's browser back after
+    /// CreateAuthorizationUrl: callers pick one of these, never a free URL.
+    #[serde(default)]
+    pub redirect_uris: Vec<Url>,
+    /// oauth2 only: sign the authorization request as a request object
+    /// (RFC 9101) with the client key, which must be this algorithm
+    /// (`signing_algorithm`). Moneyhub's requests are always signed.
+    pub request_object_signing_alg: Option<SigningAlgorithm>,
+    /// oauth2 only: the scopes of the authorization request; default `["openid"]`.
+    pub authorization_scopes: Option<Vec<String>>,
 }
 
 fn default_max_token_lifetime_secs() -> u64 {
@@ -243,6 +253,9 @@ impl ProviderConfig {
             allow_insecure_http: false,
             jwks_refetch_interval_ms: default_jwks_refetch_interval_ms(),
             max_token_lifetime_secs: default_max_token_lifetime_secs(),
+            redirect_uris: Vec::new(),
+            request_object_signing_alg: None,
+            authorization_scopes: None,
         }
     }
 

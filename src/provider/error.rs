@@ -4,8 +4,9 @@ use std::time::Duration;
 /// a credential or token: they may reach callers and logs.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
-    /// The token endpoint answered with an RFC 6749 error.
-    #[error("the token endpoint answered {error}{}", describe(.description))]
+    /// The token or pushed authorization request endpoint answered with
+    /// an RFC 6749 error.
+    #[error("the provider answered {error}{}", describe(.description))]
     OAuth {
         status: u16,
         error: String,

@@ -56,6 +56,8 @@ pub enum IdTokenError {
     Nonce,
     #[error("the id_token sub is not the user the request named")]
     Subject,
+    #[error("the id_token mh:con_id is not the connection the request named")]
+    Connection,
     #[error("the provider's JWKS cannot be fetched: {0}")]
     Jwks(ProviderError),
     #[error(
@@ -78,6 +80,7 @@ impl IdTokenError {
             Self::Expired => "exp",
             Self::Nonce => "nonce",
             Self::Subject => "sub",
+            Self::Connection => "mh:con_id",
             Self::Jwks(_) | Self::NotConfigured => "jwks",
         }
     }

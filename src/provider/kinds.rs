@@ -63,6 +63,25 @@ impl ProviderConfig {
     pub fn send_sub(&self) -> bool {
         self.send_sub.unwrap_or(self.kind == ProviderKind::Moneyhub)
     }
+
+    /// Whether authorization requests are signed request objects (RFC
+    /// 9101): always for Moneyhub, which requires them; for oauth2 when
+    /// `request_object_signing_alg` is set.
+    pub fn signs_authorization_requests(&self) -> bool {
+        match self.kind {
+            ProviderKind::Moneyhub => true,
+            ProviderKind::Moneykit => false,
+            ProviderKind::Oauth2 => self.request_object_signing_alg.is_some(),
+        }
+    }
+
+    /// The scopes of an oauth2 authorization request (Moneyhub's follow
+    /// from its purpose): configured, or `openid`.
+    pub fn authorization_scopes(&self) -> Vec<String> {
+        self.authorization_scopes
+            .clone()
+            .unwrap_or_else(|| vec!["openid".to_owned()])
+    }
 }
 
 /// Checks the keys `config`'s kind requires and refuses those it cannot
@@ -126,6 +145,7 @@ pub fn validate(key: &str, config: &ProviderConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    validate_authorization(key, config)?;
     match config.kind {
         ProviderKind::Moneyhub => {
             if config.issuer.is_none() {
@@ -241,6 +261,80 @@ pub fn validate(key: &str, config: &ProviderConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The keys of CreateAuthorizationUrl: redirect URIs callers may choose
+/// from, and (oauth2 only) how requests are signed and scoped.
+fn validate_authorization(key: &str, config: &ProviderConfig) -> Result<(), ConfigError> {
+    let invalid =
+        |field: &str, reason: String| ConfigError::invalid(format!("{key}.{field}"), reason);
+    for (i, uri) in config.redirect_uris.iter().enumerate() {
+        let field = format!("redirect_uris[{i}]");
+        if !matches!(uri.scheme(), "http" | "https") || uri.host().is_none() {
+            return Err(invalid(&field, "must be an absolute http(s) URL".into()));
+        }
+        if uri.fragment().is_some() {
+            return Err(invalid(&field, "must not have a fragment".into()));
+        }
+        if config.refuses_insecure(uri) {
+            return Err(invalid(
+                &field,
+                format!(
+                    "must be https:// unless on loopback (for development only: {key}.allow_insecure_http = true)"
+                ),
+            ));
+        }
+    }
+    if config.kind != ProviderKind::Oauth2 {
+        for (field, set) in [
+            (
+                "request_object_signing_alg",
+                config.request_object_signing_alg.is_some(),
+            ),
+            (
+                "authorization_scopes",
+                config.authorization_scopes.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(invalid(field, "applies to kind \"oauth2\" only".into()));
+            }
+        }
+        return Ok(());
+    }
+    if let Some(alg) = config.request_object_signing_alg {
+        if config.client_auth() != ClientAuthMethod::PrivateKeyJwt {
+            return Err(invalid(
+                "request_object_signing_alg",
+                "needs client_auth = \"private_key_jwt\": the client key signs request objects"
+                    .into(),
+            ));
+        }
+        if alg != config.signing_algorithm {
+            return Err(invalid(
+                "request_object_signing_alg",
+                format!(
+                    "must be the client key's signing_algorithm ({})",
+                    config.signing_algorithm.as_str()
+                ),
+            ));
+        }
+    }
+    if let Some(scopes) = &config.authorization_scopes {
+        if let Some(bad) = scopes.iter().find(|scope| Scope::parse("", scope).is_err()) {
+            return Err(invalid(
+                "authorization_scopes",
+                format!("{bad:?} is not a valid OAuth 2.0 scope"),
+            ));
+        }
+        if !scopes.iter().any(|scope| scope == "openid") {
+            return Err(invalid(
+                "authorization_scopes",
+                "must include \"openid\": the code exchange validates an ID token".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Appends a path segment to a URL whose path may or may not end in `/`.
 pub fn join_path(base: &Url, segment: &str) -> Url {
     let mut url = base.clone();
@@ -302,6 +396,20 @@ mod tests {
             (
                 format!("{MINIMAL}\nprivate_key_env = \"KEY\""),
                 "providers.moneyhub",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\nredirect_uris = [\"https://app.example/cb\", \"http://app.example/cb\"]"
+                ),
+                "providers.moneyhub.redirect_uris[1]",
+            ),
+            (
+                format!("{MINIMAL}\nredirect_uris = [\"app.example/cb\"]"),
+                "providers.moneyhub",
+            ),
+            (
+                format!("{MINIMAL}\nrequest_object_signing_alg = \"RS256\""),
+                "providers.moneyhub.request_object_signing_alg",
             ),
         ];
         for (toml, key) in cases {

@@ -4,6 +4,7 @@
 //! only shares its request budget with other replicas through the cache's
 //! shared buckets (`budget.rs`).
 
+mod authorize;
 mod budget;
 mod client_auth;
 mod discovery;
@@ -20,6 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub use authorize::{
+    AuthorizationParams, AuthorizationUrl, AuthorizeError, Consent, Purpose, permissions,
+    provider_id,
+};
 pub use client_auth::ClientAuth;
 pub use discovery::Endpoints;
 pub use error::ProviderError;
@@ -269,6 +274,27 @@ impl Provider {
         self.id_tokens
             .verify(&self.endpoints(), id_token, expected)
             .await
+    }
+
+    /// The redirect URIs callers may have the provider send users back to.
+    pub fn redirect_uris(&self) -> &[url::Url] {
+        &self.config.redirect_uris
+    }
+
+    /// The URL that starts an authorization: pushed (PAR) where the
+    /// provider offers it, signed as a request object where it must be.
+    pub async fn authorization_url(
+        &self,
+        params: &AuthorizationParams<'_>,
+    ) -> Result<AuthorizationUrl, AuthorizeError> {
+        authorize::authorization_url(
+            &self.upstream,
+            &self.config,
+            &self.token_endpoint.auth,
+            &self.endpoints(),
+            params,
+        )
+        .await
     }
 
     /// The provider's SCIM users endpoint; `None` when it has no user management.

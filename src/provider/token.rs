@@ -198,6 +198,27 @@ impl ErrorBody {
     }
 }
 
+/// The error an unsuccessful answer of an OAuth endpoint (token, PAR)
+/// reports: rate limited, failing, an RFC 6749 error, or misdirected.
+pub(super) fn error_answer(answer: &Answer, endpoint: &str) -> ProviderError {
+    if answer.status == 429 {
+        return answer.rate_limited(ErrorBody::parse(&answer.body).map(|e| e.error));
+    }
+    if answer.status >= 500 {
+        return answer.unexpected();
+    }
+    match ErrorBody::parse(&answer.body) {
+        Some(body) => ProviderError::OAuth {
+            status: answer.status,
+            error: body.error,
+            description: body.error_description,
+        },
+        // 408: the provider tired of waiting for the request, like a timeout.
+        None if answer.status == 408 => answer.unexpected(),
+        None => answer.misdirected(endpoint, "without an OAuth error code"),
+    }
+}
+
 /// Turns a token endpoint answer into a token or the error it reports.
 /// `requested` is the scope set asked for, reported when the answer omits `scope`.
 fn parse_token_answer(
@@ -206,23 +227,8 @@ fn parse_token_answer(
     requested: Option<&ScopeSet>,
     rules: ExpiryRules,
 ) -> Result<TokenResponse, ProviderError> {
-    if answer.status == 429 {
-        return Err(answer.rate_limited(ErrorBody::parse(&answer.body).map(|e| e.error)));
-    }
-    if answer.status >= 500 {
-        return Err(answer.unexpected());
-    }
     if !answer.is_success() {
-        return match ErrorBody::parse(&answer.body) {
-            Some(body) => Err(ProviderError::OAuth {
-                status: answer.status,
-                error: body.error,
-                description: body.error_description,
-            }),
-            // 408: the provider tired of waiting for the request, like a timeout.
-            None if answer.status == 408 => Err(answer.unexpected()),
-            None => Err(answer.misdirected("token endpoint", "without an OAuth error code")),
-        };
+        return Err(error_answer(answer, "token endpoint"));
     }
     let body: TokenBody = answer.json()?;
     if body.access_token.is_empty() {

@@ -109,7 +109,15 @@ pub struct SandboxOptions {
     /// Seconds the sandbox's clock is ahead (negative: behind) in the
     /// tokens it issues, as a provider with a skewed clock would be.
     pub clock_skew_secs: i64,
+    /// Redirect URIs registered for every client.
+    pub redirect_uris: Vec<String>,
+    /// Whether discovery advertises the pushed authorization request
+    /// endpoint (RFC 9126); off, clients put the request in the URL.
+    pub pushed_authorization_requests: bool,
 }
+
+/// The redirect URI the sandbox registers for its clients by default.
+pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1/callback";
 
 impl SandboxOptions {
     pub fn new(clients: Vec<RegisteredClient>) -> Self {
@@ -121,6 +129,8 @@ impl SandboxOptions {
             // an oidc-provider answers `expires_in`: both, as the interop peer does.
             expiry_field: ExpiryField::Both,
             clock_skew_secs: 0,
+            redirect_uris: vec![DEFAULT_REDIRECT_URI.to_owned()],
+            pushed_authorization_requests: true,
         }
     }
 }
@@ -158,6 +168,9 @@ struct State {
     /// where they must not be (logs).
     recent_assertions: Mutex<VecDeque<String>>,
     codes: Mutex<HashMap<String, oidc::AuthorizationCode>>,
+    /// Pushed authorization requests by `request_uri`, each usable once.
+    pushed_requests: Mutex<HashMap<String, oidc::PushedRequest>>,
+    par_requests: AtomicU64,
     /// Codes already exchanged: the grant each started, and until when it is
     /// remembered, so a second use revokes what the first one issued.
     used_codes: Mutex<HashMap<String, oidc::UsedCode>>,
@@ -235,6 +248,8 @@ impl Sandbox {
             recent_assertions: Mutex::default(),
             seen_jtis: Mutex::default(),
             codes: Mutex::default(),
+            pushed_requests: Mutex::default(),
+            par_requests: AtomicU64::new(0),
             used_codes: Mutex::default(),
             refresh_tokens: Mutex::default(),
             faults: Mutex::default(),
@@ -255,6 +270,7 @@ impl Sandbox {
             .route("/oidc/certs", get(oidc::jwks))
             .route("/oidc/token", post(oidc::token))
             .route("/oidc/auth", get(oidc::authorize))
+            .route("/oidc/request", post(oidc::pushed_authorization_request))
             .route("/moneykit/auth/token", post(moneykit::token))
             .route("/scim/users", post(scim::create_user).get(scim::list_users))
             .route("/scim/users/{id}", get(scim::get_user))
@@ -322,6 +338,11 @@ impl Sandbox {
     /// Requests received at the token endpoint, failed ones included.
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests received at the pushed authorization request endpoint.
+    pub fn par_requests(&self) -> u64 {
+        self.state.par_requests.load(Ordering::SeqCst)
     }
 
     /// Requests received at the JWKS endpoint.

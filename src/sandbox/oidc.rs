@@ -24,7 +24,12 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 
 pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_json::Value> {
     let issuer = state.issuer.as_str();
-    Json(serde_json::json!({
+    let pushed = state
+        .options
+        .lock()
+        .expect("options lock")
+        .pushed_authorization_requests;
+    let mut document = serde_json::json!({
         "issuer": issuer,
         "token_endpoint": state.token_url.as_str(),
         "jwks_uri": format!("{issuer}/certs"),
@@ -37,7 +42,14 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
         "scopes_supported": SUPPORTED_SCOPES,
-    }))
+        "request_parameter_supported": true,
+        "request_object_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
+        "claims_parameter_supported": true,
+    });
+    if pushed {
+        document["pushed_authorization_request_endpoint"] = format!("{issuer}/request").into();
+    }
+    Json(document)
 }
 
 pub async fn jwks(AxumState(state): AxumState<Arc<State>>) -> Response {
@@ -95,11 +107,20 @@ const USED_CODE_MEMORY_SECS: i64 = 3600;
 
 /// The authorization endpoint, reduced to what tests need: no login page,
 /// the user consents at once and is redirected back with a code (as if they
-/// had connected a bank). `sub` picks the user; else a new one is made up.
+/// had connected a bank). A pushed request (`request_uri`) or a signed
+/// request object (`request`) is Moneyhub's way: the user is the one its
+/// `claims.id_token.sub.value` names. Plain parameters remain for tests of
+/// the explicit exchange: `sub` picks the user; else one is made up.
 pub async fn authorize(
     AxumState(state): AxumState<Arc<State>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
+    if params.contains_key("request_uri") || params.contains_key("request") {
+        return match requested(&state, &params) {
+            Ok((client_id, request)) => authorize_request(&state, client_id, &request),
+            Err(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
+        };
+    }
     let param = |name: &str| params.get(name).cloned();
     let (Some(client_id), Some(redirect_uri)) = (param("client_id"), param("redirect_uri")) else {
         return (
@@ -138,7 +159,9 @@ pub async fn authorize(
             redirect_uri,
             nonce: param("nonce"),
             code_challenge,
-            sub: param("sub").unwrap_or_else(random_id),
+            sub: param("sub")
+                .or_else(|| claimed_sub(param("claims").as_deref()))
+                .unwrap_or_else(random_id),
             connection_id: format!("{}:{}", random_hex::<16>(), random_hex::<8>()),
             scope,
             expires_at: OffsetDateTime::now_utc().unix_timestamp() + CODE_LIFETIME_SECS,
@@ -154,6 +177,258 @@ pub async fn authorize(
     location
         .query_pairs_mut()
         .append_pair("iss", state.issuer.as_str());
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.to_string())],
+    )
+        .into_response()
+}
+
+/// The user a plain `claims` parameter names (`id_token.sub.value`).
+fn claimed_sub(claims: Option<&str>) -> Option<String> {
+    let claims: serde_json::Value = serde_json::from_str(claims?).ok()?;
+    claims["id_token"]["sub"]["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// A pushed authorization request awaiting its one use.
+pub struct PushedRequest {
+    client_id: String,
+    params: serde_json::Map<String, serde_json::Value>,
+    expires_at: i64,
+}
+
+/// How long a pushed request's `request_uri` works (RFC 9126 §2.2).
+const PUSHED_REQUEST_LIFETIME_SECS: i64 = 60;
+/// The furthest ahead a request object's `exp` may be.
+const MAX_REQUEST_OBJECT_LIFETIME_SECS: i64 = 3600;
+
+/// The pushed authorization request endpoint (RFC 9126): authenticates the
+/// client as the token endpoint does, checks the request (a signed request
+/// object, or plain parameters), and hands back a single-use `request_uri`.
+pub async fn pushed_authorization_request(
+    AxumState(state): AxumState<Arc<State>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    state.par_requests.fetch_add(1, Ordering::SeqCst);
+    let client_id = match authenticate_client(&state, &form) {
+        Ok(client_id) => client_id,
+        Err(reason) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", reason),
+    };
+    let params = match form.get("request") {
+        Some(request) => match verify_request_object(&state, &client_id, request) {
+            Ok(params) => params,
+            Err(reason) => {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request_object", reason);
+            }
+        },
+        None => {
+            let mut params = serde_json::Map::new();
+            for (name, value) in &form {
+                if !name.starts_with("client_assertion") {
+                    params.insert(name.clone(), parameter(name, value));
+                }
+            }
+            params.insert("client_id".into(), client_id.clone().into());
+            params
+        }
+    };
+    if let Err(reason) = check_redirect_uri(&state, &params) {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_redirect_uri", reason);
+    }
+    let request_uri = format!("urn:ietf:params:oauth:request_uri:{}", random_hex::<16>());
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let mut pushed = state.pushed_requests.lock().expect("pushed lock");
+    pushed.retain(|_, request| request.expires_at > now);
+    pushed.insert(
+        request_uri.clone(),
+        PushedRequest {
+            client_id,
+            params,
+            expires_at: now + PUSHED_REQUEST_LIFETIME_SECS,
+        },
+    );
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "request_uri": request_uri,
+            "expires_in": PUSHED_REQUEST_LIFETIME_SECS,
+        })),
+    )
+        .into_response()
+}
+
+/// A request parameter as the request object would carry it: `claims` is JSON.
+fn parameter(name: &str, value: &str) -> serde_json::Value {
+    match name {
+        "claims" => serde_json::from_str(value).unwrap_or_else(|_| value.into()),
+        _ => value.into(),
+    }
+}
+
+/// The client and request an authorization names by `request_uri` (taken:
+/// single use) or carries as a `request` object.
+fn requested(
+    state: &State,
+    query: &HashMap<String, String>,
+) -> Result<(String, serde_json::Map<String, serde_json::Value>), &'static str> {
+    let client_id = query.get("client_id").ok_or("client_id is required")?;
+    if let Some(request_uri) = query.get("request_uri") {
+        let pushed = state
+            .pushed_requests
+            .lock()
+            .expect("pushed lock")
+            .remove(request_uri)
+            .ok_or("request_uri is unknown, expired or already used")?;
+        if pushed.client_id != *client_id {
+            return Err("request_uri was pushed by another client");
+        }
+        if pushed.expires_at < OffsetDateTime::now_utc().unix_timestamp() {
+            return Err("request_uri is unknown, expired or already used");
+        }
+        return Ok((pushed.client_id, pushed.params));
+    }
+    let request = query
+        .get("request")
+        .ok_or("request or request_uri is required")?;
+    let params = verify_request_object(state, client_id, request)?;
+    check_redirect_uri(state, &params)?;
+    Ok((client_id.clone(), params))
+}
+
+/// Verifies a request object (RFC 9101) as Moneyhub would: signed with a
+/// key in the client's registered JWKS, `iss` and `client_id` the client,
+/// `aud` the issuer, `exp` in the future but at most an hour away.
+fn verify_request_object(
+    state: &State,
+    client_id: &str,
+    request: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, &'static str> {
+    let jwks = state.clients.get(client_id).ok_or("unknown client")?;
+    let header = decode_header(request).map_err(|_| "request is not a signed JWT")?;
+    if !matches!(
+        header.alg,
+        Algorithm::RS256 | Algorithm::PS256 | Algorithm::ES256
+    ) {
+        return Err("unsupported request object algorithm");
+    }
+    let jwk = find_key(jwks, header.kid.as_deref()).ok_or("no registered key has this kid")?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| "registered key is unusable")?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_audience(&[state.issuer.as_str()]);
+    validation.set_issuer(&[client_id]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+    validation.leeway = 5;
+    let params = decode::<serde_json::Map<String, serde_json::Value>>(request, &key, &validation)
+        .map_err(|_| "request object failed verification (signature, aud, iss or exp)")?
+        .claims;
+    let exp = params
+        .get("exp")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0);
+    if exp > OffsetDateTime::now_utc().unix_timestamp() + MAX_REQUEST_OBJECT_LIFETIME_SECS {
+        return Err("request object exp is more than an hour away");
+    }
+    if params.get("client_id").and_then(serde_json::Value::as_str) != Some(client_id) {
+        return Err("request object client_id is not the client");
+    }
+    Ok(params)
+}
+
+fn check_redirect_uri(
+    state: &State,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), &'static str> {
+    let redirect_uri = params
+        .get("redirect_uri")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("redirect_uri is required")?;
+    let options = state.options.lock().expect("options lock");
+    if options.redirect_uris.iter().any(|uri| uri == redirect_uri) {
+        Ok(())
+    } else {
+        Err("redirect_uri is not registered for this client")
+    }
+}
+
+/// Completes a verified request: the user its claims name consents at
+/// once, and is redirected back with a code for them and the connection.
+fn authorize_request(
+    state: &State,
+    client_id: String,
+    request: &serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let text = |name: &str| request.get(name).and_then(serde_json::Value::as_str);
+    if text("response_type") != Some("code") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "only response_type=code is supported",
+        )
+            .into_response();
+    }
+    let code_challenge = text("code_challenge").map(str::to_owned);
+    if code_challenge.is_some() && text("code_challenge_method") != Some("S256") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "only code_challenge_method=S256 is supported",
+        )
+            .into_response();
+    }
+    let id_token_claims = request
+        .get("claims")
+        .and_then(|claims| claims.get("id_token"));
+    let requested_value = |claim: &str| {
+        id_token_claims
+            .and_then(|claims| claims.get(claim))
+            .and_then(|claim| claim.get("value"))
+            .and_then(serde_json::Value::as_str)
+    };
+    let Some(sub) = requested_value("sub") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "claims.id_token.sub.value must name the user",
+        )
+            .into_response();
+    };
+    if !state.users.lock().expect("users lock").contains_key(sub) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "claims.id_token.sub.value is not a known user",
+        )
+            .into_response();
+    }
+    let connection_id = requested_value("mh:con_id")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{}:{}", random_hex::<16>(), random_hex::<8>()));
+    let (Some(redirect_uri), Ok(mut location)) = (
+        text("redirect_uri"),
+        url::Url::parse(text("redirect_uri").unwrap_or_default()),
+    ) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is not a URL").into_response();
+    };
+    let code = random_hex::<16>();
+    state.codes.lock().expect("codes lock").insert(
+        code.clone(),
+        AuthorizationCode {
+            client_id,
+            redirect_uri: redirect_uri.to_owned(),
+            nonce: text("nonce").map(str::to_owned),
+            code_challenge,
+            sub: sub.to_owned(),
+            connection_id,
+            scope: text("scope").unwrap_or("openid").to_owned(),
+            expires_at: OffsetDateTime::now_utc().unix_timestamp() + CODE_LIFETIME_SECS,
+        },
+    );
+    {
+        let mut query = location.query_pairs_mut();
+        query.append_pair("code", &code);
+        if let Some(state_param) = text("state") {
+            query.append_pair("state", state_param);
+        }
+        query.append_pair("iss", state.issuer.as_str());
+    }
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, location.to_string())],

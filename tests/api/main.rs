@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area, over real sockets.
 
 mod access;
+mod authorization;
 mod cache;
 mod code_exchange;
 mod examples;

@@ -79,10 +79,12 @@ fn write_config(dir: &tempfile::TempDir, upstream: &DemoUpstream, extra: &str) -
             client_id = "{}"
             private_key_file = "{}"
             data_scopes = ["accounts:read"]
+            redirect_uris = ["{}"]
             "#,
             upstream.sandbox.issuer(),
             bankauth::demo::DEMO_CLIENT_ID,
-            key.display()
+            key.display(),
+            bankauth::sandbox::DEFAULT_REDIRECT_URI,
         ),
     )
     .unwrap();

@@ -338,3 +338,24 @@ pub async fn health_status(
         .into_inner()
         .status()
 }
+
+/// Opens an authorization URL as a browser would, at a provider that
+/// consents at once (the sandbox), and returns the query of the redirect
+/// back to the client (`code`, `state`, `iss`, or `error`).
+pub async fn follow_authorization_url(url: &str) -> std::collections::BTreeMap<String, String> {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "{:?}", response.text().await);
+    let location: url::Url = response.headers()["location"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    location.query_pairs().into_owned().collect()
+}
