@@ -4,6 +4,7 @@
 //! `tests/interop/scim`) as the SCIM server. The sandbox encodes our own
 //! reading of the provider's documents; these peers check that reading.
 
+mod authorization;
 mod oidc_peer;
 mod scim_peer;
 mod serve;

@@ -164,6 +164,18 @@ impl OidcPeer {
             .unwrap_or(0)
     }
 
+    /// Requests at the pushed authorization request endpoint (RFC 9126).
+    pub async fn par_requests(&self) -> u64 {
+        self.stats().await["pushed_authorization_requests"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// An HTTP client that follows no redirects, as the flows need.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub async fn jwks_requests(&self) -> u64 {
         self.stats().await["jwks_requests"].as_u64().unwrap_or(0)
     }
@@ -217,6 +229,12 @@ impl OidcPeer {
                     .append_pair("code_challenge_method", "S256");
             }
         }
+        self.walk(url, request.login).await
+    }
+
+    /// Opens `url` (an authorization request) as a browser would, signing
+    /// in as `login` and consenting; returns the callback's query parameters.
+    pub async fn walk(&self, url: Url, login: &str) -> BTreeMap<String, String> {
         let mut jar = CookieJar::default();
         let mut next = Step::Get(url);
         for _ in 0..12 {
@@ -267,7 +285,7 @@ impl OidcPeer {
             let form = if page.contains(r#"name="prompt" value="login""#) {
                 url::form_urlencoded::Serializer::new(String::new())
                     .append_pair("prompt", "login")
-                    .append_pair("login", request.login)
+                    .append_pair("login", login)
                     .append_pair("password", "any password: development interactions")
                     .finish()
             } else if page.contains(r#"name="prompt" value="consent""#) {

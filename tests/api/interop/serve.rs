@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::oidc_peer::{CLIENT_ID, OidcPeer, write_key};
+use super::oidc_peer::{CLIENT_ID, OidcPeer, REDIRECT_URI, write_key};
 pub use crate::helpers::Bankauth;
 
 /// The provider's name in bankauth's configuration.
@@ -36,6 +36,7 @@ pub fn write_config(dir: &Path, peer: &OidcPeer, data_scopes: &[&str]) -> PathBu
             private_key_file = "{key}"
             data_scopes = {data_scopes:?}
             application_scopes = ["scim_user:read"]
+            redirect_uris = ["{REDIRECT_URI}"]
             "#,
             issuer = peer.issuer(),
             key = key.display(),

@@ -21,7 +21,11 @@
 //   - client_credentials honours the `sub` form parameter (a user token);
 //   - token responses carry expires_at beside expires_in;
 //   - authorization_code with PKCE, refresh_token, and the development
-//     login/consent pages (devInteractions) that a test drives over HTTP.
+//     login/consent pages (devInteractions) that a test drives over HTTP;
+//   - authorization requests as request objects signed with the client's
+//     key (RS256), pushed (PAR, RFC 9126) or in the URL, with the `claims`
+//     parameter naming the user (devInteractions signs in whoever is typed:
+//     the test types that user).
 // Besides /oidc, GET /__stats answers counters for tests to read.
 
 import * as crypto from 'node:crypto';
@@ -76,6 +80,8 @@ const stats = {
   jwks_requests: 0,
   discovery_requests: 0,
   authorization_requests: 0,
+  pushed_authorization_requests: 0,
+  pushed_authorization_errors: {},
 };
 
 // The provider's own signing key for ID tokens and access tokens: fresh each run.
@@ -98,6 +104,7 @@ async function startProvider(issuer) {
         grant_types: ['client_credentials', 'authorization_code', 'refresh_token'],
         response_types: ['code'],
         redirect_uris: [redirectUri],
+        request_object_signing_alg: 'RS256',
         // The API scopes are the resource server's (getResourceServerInfo
         // below): a client's `scope` may only list the OpenID ones.
         scope: 'openid offline_access',
@@ -124,6 +131,9 @@ async function startProvider(issuer) {
     },
     features: {
       devInteractions: { enabled: true },
+      claimsParameter: { enabled: true },
+      pushedAuthorizationRequests: { enabled: true },
+      requestObjects: { enabled: true },
       clientCredentials: { enabled: true },
       revocation: { enabled: true },
       resourceIndicators: {
@@ -196,11 +206,19 @@ async function startProvider(issuer) {
       stats.discovery_requests += 1;
     } else if (route === 'authorization') {
       stats.authorization_requests += 1;
+    } else if (route === 'pushed_authorization_request') {
+      stats.pushed_authorization_requests += 1;
+      const body = ctx.body;
+      if (ctx.status >= 400 && body && body.error) {
+        stats.pushed_authorization_errors[body.error] = (stats.pushed_authorization_errors[body.error] ?? 0) + 1;
+      }
+      log(`par status=${ctx.status}${body && body.error ? ` error=${body.error} description=${JSON.stringify(body.error_description ?? '')}` : ''}`);
     }
   });
 
   // The provider's own account of each failure, for a failing test's log tail.
   for (const event of ['grant.error', 'authorization.error', 'server_error', 'jwks.error',
+    'pushed_authorization_request.error',
     'discovery.error', 'revocation.error', 'interaction.error']) {
     provider.on(event, (_ctx, error) => {
       const detail = error?.error_detail ? ` detail=${JSON.stringify(error.error_detail)}` : '';
