@@ -164,8 +164,8 @@ struct State {
     user_names: Mutex<HashMap<String, String>>,
     /// Assertion `jti`s seen, with their expiry, to reject replays.
     seen_jtis: Mutex<HashMap<String, i64>>,
-    /// The last few client assertions received, so tests can look for them
-    /// where they must not be (logs).
+    /// The last few client assertions and request objects received, so
+    /// tests can look for them where they must not be (logs).
     recent_assertions: Mutex<VecDeque<String>>,
     codes: Mutex<HashMap<String, oidc::AuthorizationCode>>,
     /// Pushed authorization requests by `request_uri`, each usable once.
@@ -205,6 +205,15 @@ impl State {
                 .expect("traceparents lock")
                 .push(value.to_owned());
         }
+    }
+
+    /// Keeps a client assertion or request object for [`Sandbox::recent_assertions`].
+    fn record_signed(&self, jwt: &str) {
+        let mut recent = self.recent_assertions.lock().expect("assertions lock");
+        if recent.len() == RECENT_ASSERTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(jwt.to_owned());
     }
 
     fn signing_key(&self) -> Arc<SigningKey> {
@@ -386,7 +395,8 @@ impl Sandbox {
             .collect()
     }
 
-    /// The last client assertions received (at most [`RECENT_ASSERTIONS`]).
+    /// The last client assertions and request objects received (at most
+    /// [`RECENT_ASSERTIONS`]).
     pub fn recent_assertions(&self) -> Vec<String> {
         let recent = self
             .state

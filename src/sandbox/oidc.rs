@@ -212,6 +212,11 @@ pub async fn pushed_authorization_request(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     state.par_requests.fetch_add(1, Ordering::SeqCst);
+    for signed in ["client_assertion", "request"] {
+        if let Some(jwt) = form.get(signed) {
+            state.record_signed(jwt);
+        }
+    }
     let client_id = match authenticate_client(&state, &form) {
         Ok(client_id) => client_id,
         Err(reason) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", reason),
@@ -475,11 +480,7 @@ pub async fn token(
     state.record_traceparent(&headers);
     // Recorded before any fault, so tests see what every attempt sent.
     if let Some(assertion) = form.get("client_assertion") {
-        let mut recent = state.recent_assertions.lock().expect("assertions lock");
-        if recent.len() == super::RECENT_ASSERTIONS {
-            recent.pop_front();
-        }
-        recent.push_back(assertion.clone());
+        state.record_signed(assertion);
     }
     if let Some(response) = serve_fault(&state, Endpoint::Token).await {
         return response;

@@ -591,6 +591,56 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .token_set
         .unwrap();
     secrets.extend([code, set.access_token, set.id_token, set.refresh_token]);
+    let created = client
+        .create_authorization_url(authorized(
+            bankauth::proto::v1::CreateAuthorizationUrlRequest {
+                provider: String::new(),
+                user_id: user.clone(),
+                redirect_uri: bankauth::sandbox::DEFAULT_REDIRECT_URI.into(),
+                purpose: Some(
+                    bankauth::proto::v1::create_authorization_url_request::Purpose::ConnectBank(
+                        Default::default(),
+                    ),
+                ),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let callback = crate::helpers::follow_authorization_url(&created.url).await;
+    let by_state = client
+        .exchange_authorization_code(authorized(
+            bankauth::proto::v1::ExchangeAuthorizationCodeRequest {
+                state: created.state.clone(),
+                code: callback["code"].clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token_set
+        .unwrap();
+    let request_uri = url::Url::parse(&created.url)
+        .unwrap()
+        .query_pairs()
+        .find(|(name, _)| name == "request_uri")
+        .map(|(_, value)| value.into_owned())
+        .unwrap();
+    // The nonce bankauth made, as the ID token carries it.
+    let payload = by_state.id_token.split('.').nth(1).unwrap();
+    let payload =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
+    let nonce = serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["nonce"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    secrets.extend([created.state, callback["code"].clone(), request_uri, nonce]);
+    secrets.extend([
+        by_state.access_token,
+        by_state.id_token,
+        by_state.refresh_token,
+    ]);
     secrets.extend([refreshed.access_token, refreshed.refresh_token]);
     secrets.extend(upstream.sandbox.recent_assertions());
     // The private key, by a line of its Base64 body.
@@ -608,7 +658,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let stdout = String::from_utf8(stdout_reader.await.unwrap()).unwrap();
     let logs = format!("{}{stdout}", logged.lock().unwrap());
     assert!(
-        logs.contains("token_issued") && logs.contains("TRACE"),
+        logs.contains("token_issued")
+            && logs.contains("authorization_url_created")
+            && logs.contains("authorization_code_exchanged")
+            && logs.contains("TRACE"),
         "the logs are not at trace level or lack audit events:\n{}",
         &logs[..logs.len().min(2000)]
     );
