@@ -1,8 +1,11 @@
 // Calls bankauth from Go: create a user, fetch it back, issue a widget token
-// and a data token, then show two errors with their google.rpc details.
+// and a data token, connect a bank (CreateAuthorizationUrl, the user's browser
+// at the provider, ExchangeAuthorizationCode with the state and code), then
+// show two errors with their google.rpc details.
 //
 // Usage: go run . [ADDRESS]     (default $BANKAUTH_ADDR or 127.0.0.1:50051)
-// Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo).
+// Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo),
+// and BANKAUTH_REDIRECT_URI to one of the provider's redirect_uris (default: the demo's).
 // The stubs come from proto/ (see run.sh). Tokens are secrets: this prints
 // their length and scopes, never the tokens themselves.
 package main
@@ -11,6 +14,8 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -56,12 +61,46 @@ func describeError(rpc string, err error) {
 	}
 }
 
+// playTheBrowser does what the user's browser does with the URL: here the
+// provider is the sandbox, which consents at once and redirects to
+// redirectURI. A real app redirects the browser and reads code and state in
+// its callback.
+func playTheBrowser(location, redirectURI string) (code, state string, err error) {
+	client := &http.Client{
+		Timeout:       10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	for hop := 0; hop < 5; hop++ {
+		response, err := client.Get(location)
+		if err != nil {
+			return "", "", err
+		}
+		response.Body.Close()
+		location = response.Header.Get("Location")
+		if (response.StatusCode != http.StatusFound && response.StatusCode != http.StatusSeeOther) || location == "" {
+			return "", "", fmt.Errorf("the provider answered %d without redirecting", response.StatusCode)
+		}
+		if strings.HasPrefix(location, redirectURI) {
+			callback, err := url.Parse(location)
+			if err != nil {
+				return "", "", err
+			}
+			return callback.Query().Get("code"), callback.Query().Get("state"), nil
+		}
+	}
+	return "", "", fmt.Errorf("too many redirects")
+}
+
 func main() {
 	address := os.Getenv("BANKAUTH_ADDR")
 	if len(os.Args) > 1 {
 		address = os.Args[1]
 	} else if address == "" {
 		address = "127.0.0.1:50051"
+	}
+	redirectURI := os.Getenv("BANKAUTH_REDIRECT_URI")
+	if redirectURI == "" {
+		redirectURI = "http://127.0.0.1/callback"
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -109,6 +148,32 @@ func main() {
 		log.Fatalf("IssueDataToken: %v", err)
 	}
 	describeToken("IssueDataToken", data.Token)
+
+	// Connect a bank: bankauth signs the request; the user's browser opens the URL.
+	started, err := auth.CreateAuthorizationUrl(ctx, &pb.CreateAuthorizationUrlRequest{
+		UserId:      user.Id,
+		RedirectUri: redirectURI,
+		Purpose:     &pb.CreateAuthorizationUrlRequest_ConnectBank{ConnectBank: &pb.ConnectBank{}},
+	})
+	if err != nil {
+		log.Fatalf("CreateAuthorizationUrl: %v", err)
+	}
+	fmt.Printf("CreateAuthorizationUrl state=%s\n", started.State)
+	code, state, err := playTheBrowser(started.Url, redirectURI)
+	if err != nil {
+		log.Fatalf("following the authorization URL: %v", err)
+	}
+	exchanged, err := auth.ExchangeAuthorizationCode(ctx, &pb.ExchangeAuthorizationCodeRequest{State: state, Code: code})
+	if err != nil {
+		log.Fatalf("ExchangeAuthorizationCode: %v", err)
+	}
+	claims := exchanged.TokenSet.IdTokenClaims
+	refresh := "no"
+	if exchanged.TokenSet.RefreshToken != "" {
+		refresh = "yes"
+	}
+	fmt.Printf("ExchangeAuthorizationCode sub=%s connection_id=%s scopes=%s refresh_token=%s\n",
+		claims.Sub, claims.ConnectionId, strings.Join(exchanged.TokenSet.Scopes, ","), refresh)
 
 	// Errors: a user that does not exist, and a scope outside the allow-list.
 	if _, err := auth.GetUser(ctx, &pb.GetUserRequest{UserId: "no-such-user"}); err != nil {

@@ -1,8 +1,11 @@
 // Calls bankauth from Node: create a user, fetch it back, issue a widget
-// token and a data token, then show two errors with their google.rpc details.
+// token and a data token, connect a bank (CreateAuthorizationUrl, the user's
+// browser at the provider, ExchangeAuthorizationCode with the state and code),
+// then show two errors with their google.rpc details.
 //
 // Usage: node client.js [ADDRESS]     (default $BANKAUTH_ADDR or 127.0.0.1:50051)
-// Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo).
+// Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo),
+// and BANKAUTH_REDIRECT_URI to one of the provider's redirect_uris (default: the demo's).
 // @grpc/proto-loader builds the stubs from proto/ when this starts. Tokens are
 // secrets: this prints their length and scopes, never the tokens themselves.
 'use strict';
@@ -30,6 +33,7 @@ const rpcTypes = protobuf.loadSync([
 const Status = rpcTypes.lookupType('google.rpc.Status');
 
 const address = process.argv[2] || process.env.BANKAUTH_ADDR || '127.0.0.1:50051';
+const redirectUri = process.env.BANKAUTH_REDIRECT_URI || 'http://127.0.0.1/callback';
 const metadata = new grpc.Metadata();
 if (process.env.BANKAUTH_API_KEY) {
   metadata.set('authorization', `Bearer ${process.env.BANKAUTH_API_KEY}`);
@@ -74,6 +78,26 @@ function describeError(rpc, error) {
   }
 }
 
+/**
+ * What the user's browser does with the URL: here the provider is the
+ * sandbox, which consents at once and redirects to redirectUri. A real app
+ * redirects the browser and reads `code` and `state` in its callback.
+ */
+async function playTheBrowser(url) {
+  for (let hop = 0; hop < 5; hop += 1) {
+    const response = await fetch(url, { redirect: 'manual', signal: AbortSignal.timeout(10_000) });
+    url = response.headers.get('location');
+    if (![302, 303].includes(response.status) || !url) {
+      throw new Error(`the provider answered ${response.status} without redirecting`);
+    }
+    if (url.startsWith(redirectUri)) {
+      const query = new URL(url).searchParams;
+      return { code: query.get('code'), state: query.get('state') };
+    }
+  }
+  throw new Error('too many redirects');
+}
+
 async function main() {
   const { user } = await call('CreateUser', {
     external_id: 'node-customer-1',
@@ -93,6 +117,21 @@ async function main() {
     scopes: ['transactions:read:all', 'accounts:read'],
   });
   describeToken('IssueDataToken', data.token);
+
+  // Connect a bank: bankauth signs the request; the user's browser opens the URL.
+  const started = await call('CreateAuthorizationUrl', {
+    user_id: user.id,
+    redirect_uri: redirectUri,
+    connect_bank: {},
+  });
+  console.log(`CreateAuthorizationUrl state=${started.state}`);
+  const { code, state } = await playTheBrowser(started.url);
+  const { token_set: tokenSet } = await call('ExchangeAuthorizationCode', { state, code });
+  const claims = tokenSet.id_token_claims;
+  console.log(
+    `ExchangeAuthorizationCode sub=${claims.sub} connection_id=${claims.connection_id}` +
+      ` scopes=${tokenSet.scopes.join(',')} refresh_token=${tokenSet.refresh_token ? 'yes' : 'no'}`,
+  );
 
   // Errors: a user that does not exist, and a scope outside the allow-list.
   await call('GetUser', { user_id: 'no-such-user' }).catch((e) => describeError('GetUser', e));

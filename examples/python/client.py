@@ -1,15 +1,21 @@
 """Calls bankauth from Python: create a user, fetch it back, issue a widget
-token and a data token, then show two errors with their google.rpc details.
+token and a data token, connect a bank (CreateAuthorizationUrl, the user's
+browser at the provider, ExchangeAuthorizationCode with the state and code),
+then show two errors with their google.rpc details.
 
 Usage: python3 client.py [ADDRESS]     (default $BANKAUTH_ADDR or 127.0.0.1:50051)
-Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo).
+Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo),
+and BANKAUTH_REDIRECT_URI to one of the provider's redirect_uris (default: the demo's).
 The stubs come from proto/ (see run.sh). Tokens are secrets: this prints
 their length and scopes, never the tokens themselves.
 """
 
 import os
 import sys
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from google.rpc import error_details_pb2
@@ -42,9 +48,34 @@ def describe_error(rpc, error):
                 print(f"  BadRequest field={violation.field} description={violation.description}")
 
 
+class _KeepRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # hand the redirect back instead of following it
+
+
+def play_the_browser(url, redirect_uri):
+    """What the user's browser does with the URL: here the provider is the
+    sandbox, which consents at once and redirects to redirect_uri. A real app
+    redirects the browser and reads `code` and `state` in its callback."""
+    opener = urllib.request.build_opener(_KeepRedirect)
+    for _ in range(5):
+        try:
+            opener.open(url, timeout=10)
+            raise RuntimeError("the provider answered without redirecting")
+        except urllib.error.HTTPError as redirect:
+            url = redirect.headers.get("Location", "")
+            if redirect.code not in (302, 303) or not url:
+                raise
+        if url.startswith(redirect_uri):
+            query = parse_qs(urlsplit(url).query)
+            return query["code"][0], query["state"][0]
+    raise RuntimeError("too many redirects")
+
+
 def main():
     address = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BANKAUTH_ADDR", "127.0.0.1:50051")
     api_key = os.environ.get("BANKAUTH_API_KEY")
+    redirect_uri = os.environ.get("BANKAUTH_REDIRECT_URI", "http://127.0.0.1/callback")
     metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
 
     with grpc.insecure_channel(address) as channel:  # grpc.secure_channel(...) with TLS
@@ -75,6 +106,25 @@ def main():
             timeout=10,
         )
         describe_token("IssueDataToken", data.token)
+
+        # Connect a bank: bankauth signs the request; the user's browser opens the URL.
+        started = auth.CreateAuthorizationUrl(
+            pb.CreateAuthorizationUrlRequest(
+                user_id=user.id, redirect_uri=redirect_uri, connect_bank=pb.ConnectBank()
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
+        print(f"CreateAuthorizationUrl state={started.state}")
+        code, state = play_the_browser(started.url, redirect_uri)
+        exchanged = auth.ExchangeAuthorizationCode(
+            pb.ExchangeAuthorizationCodeRequest(state=state, code=code), metadata=metadata, timeout=10
+        ).token_set
+        claims = exchanged.id_token_claims
+        print(
+            f"ExchangeAuthorizationCode sub={claims.sub} connection_id={claims.connection_id}"
+            f" scopes={','.join(exchanged.scopes)} refresh_token={'yes' if exchanged.refresh_token else 'no'}"
+        )
 
         # Errors: a user that does not exist, and a scope outside the allow-list.
         try:

@@ -59,11 +59,13 @@ impl Bankauth {
                 client_id = "{}"
                 private_key_file = "{}"
                 data_scopes = ["accounts:read", "transactions:read:all"]
+                redirect_uris = ["{}"]
                 "#,
                 sha256_hex(API_KEY),
                 upstream.sandbox.issuer(),
                 bankauth::demo::DEMO_CLIENT_ID,
-                key.display()
+                key.display(),
+                bankauth::sandbox::DEFAULT_REDIRECT_URI,
             ),
         )
         .unwrap();
@@ -273,11 +275,36 @@ async fn check_output(bankauth: &mut Bankauth, language: &str, stdout: &str) {
         .clone();
     assert_eq!(violation.field, "scopes");
 
+    // The connect flow: the example exchanged the code by its state, so the
+    // state is spent, and the ID token named the example's user.
+    let state = fields(stdout, "CreateAuthorizationUrl")["state"].to_owned();
+    let exchanged = fields(stdout, "ExchangeAuthorizationCode");
+    let connection_id = exchanged["connection_id"].to_owned();
+    assert!(!connection_id.is_empty(), "{stdout}");
+    let spent = bankauth
+        .client
+        .exchange_authorization_code(authorized(pb::ExchangeAuthorizationCodeRequest {
+            state: state.clone(),
+            code: "a-code".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(spent.code(), tonic::Code::InvalidArgument, "{spent:?}");
+    assert_eq!(
+        spent.get_details_bad_request().unwrap().field_violations[0].field,
+        "state"
+    );
+
     let expected = [
         format!("CreateUser id={id} external_id={external_id}"),
         format!("GetUser id={id} external_id={external_id} email=alex@example.com"),
         token_line("IssueWidgetToken", &widget),
         token_line("IssueDataToken", &data),
+        format!("CreateAuthorizationUrl state={state}"),
+        format!(
+            "ExchangeAuthorizationCode sub={id} connection_id={connection_id} scopes=openid refresh_token=yes"
+        ),
         format!("GetUser error code=NOT_FOUND message={}", not_found.message()),
         "  ErrorInfo reason=USER_NOT_FOUND domain=bankauth.dev provider=sandbox upstream_error=http_404".into(),
         format!("IssueDataToken error code=INVALID_ARGUMENT message={}", bad_scope.message()),
