@@ -53,14 +53,7 @@ async fn grpcurl_lists_and_describes_the_service_through_reflection() {
     }
     let (ok, stdout, stderr) = grpcurl(&app, &[], &["describe", "bankauth.v1.AuthService"]).await;
     assert!(ok, "{stderr}");
-    for rpc in [
-        "CreateUser",
-        "GetUser",
-        "IssueWidgetToken",
-        "IssueDataToken",
-        "ExchangeAuthorizationCode",
-        "RefreshToken",
-    ] {
+    for rpc in bankauth::access::RPCS {
         assert!(
             stdout.contains(&format!("rpc {rpc} (")),
             "{rpc} not described: {stdout}"
@@ -109,6 +102,28 @@ async fn grpcurl_calls_every_rpc_with_json() {
         data["token"]["scopes"],
         serde_json::json!(["accounts:read", "transactions:read:all"])
     );
+
+    // The README's "Connect a bank", step by step; the browser is reqwest.
+    let started = call(
+        &app,
+        "CreateAuthorizationUrl",
+        serde_json::json!({
+            "user_id": id,
+            "redirect_uri": bankauth::sandbox::DEFAULT_REDIRECT_URI,
+            "connect_bank": {},
+        }),
+    )
+    .await;
+    assert!(started["expireTime"].is_string(), "{started}");
+    let callback = crate::helpers::follow_authorization_url(started["url"].as_str().unwrap()).await;
+    assert_eq!(callback["state"], started["state"].as_str().unwrap());
+    let connected = call(
+        &app,
+        "ExchangeAuthorizationCode",
+        serde_json::json!({"state": callback["state"], "code": callback["code"]}),
+    )
+    .await;
+    assert_eq!(connected["tokenSet"]["idTokenClaims"]["sub"], id.as_str());
 
     let code = crate::helpers::authorization_code(
         &app.upstream,
