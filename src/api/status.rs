@@ -219,7 +219,9 @@ impl From<Error> for Status {
                 }
             }
             Error::Internal(_) => Reason::InternalError,
-            Error::CacheUnavailable => Reason::SharedCacheUnavailable,
+            Error::CacheUnavailable | Error::DoneButCacheUnavailable { .. } => {
+                Reason::SharedCacheUnavailable
+            }
             Error::Provider { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 if let Some(upstream) = upstream_error(&source) {
@@ -247,7 +249,7 @@ impl From<Error> for Status {
 fn classify(error: &ProviderError) -> Reason {
     match error {
         ProviderError::OAuth { error, .. } => match error.as_str() {
-            "invalid_scope" | "invalid_request" | "invalid_grant" => {
+            "invalid_scope" | "invalid_request" | "invalid_grant" | "unsupported_token_type" => {
                 Reason::UpstreamRejectedRequest
             }
             "invalid_client" | "unauthorized_client" | "api_error.auth.unauthorized" => {
@@ -256,7 +258,8 @@ fn classify(error: &ProviderError) -> Reason {
             "temporarily_unavailable" | "server_error" => Reason::UpstreamUnavailable,
             _ => Reason::UpstreamRefused,
         },
-        ProviderError::Scim { status, .. } => match status {
+        ProviderError::Scim { status, .. } | ProviderError::UsersApi { status, .. } => match status
+        {
             404 => Reason::UserNotFound,
             409 => Reason::UserAlreadyExists,
             401 | 403 => Reason::UpstreamRejectedCredentials,
@@ -283,6 +286,11 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
             ..
         } => Some(scim_type.clone()),
         ProviderError::Scim { status, .. } => Some(format!("http_{status}")),
+        ProviderError::UsersApi { code, status, .. } => Some(
+            code.clone()
+                .filter(|code| is_error_code(code))
+                .unwrap_or_else(|| format!("http_{status}")),
+        ),
         ProviderError::RateLimited { code, .. } => {
             Some(code.clone().unwrap_or_else(|| "http_429".to_owned()))
         }
@@ -293,6 +301,12 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => None,
     }
+}
+
+/// Whether upstream text is plausibly an error code (short printable
+/// ASCII), fit to pass on as metadata.
+fn is_error_code(code: &str) -> bool {
+    !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]

@@ -28,7 +28,14 @@ pub(super) fn user(digest: &[u8]) -> String {
     format!("bankauth:{KEY_VERSION}:user:{}", hex::encode(digest))
 }
 
-/// The channel replicas announce invalidations on, as `<provider> <fingerprint>`.
+/// The set of fingerprints of the tokens cached for one user (see
+/// [`super::UserTokens`]), from the digest of what identifies the user.
+pub(super) fn user_tokens(digest: &[u8; 32]) -> String {
+    format!("bankauth:{KEY_VERSION}:user-tokens:{}", hex::encode(digest))
+}
+
+/// The channel replicas announce invalidations on, as `<provider> <fingerprint>`,
+/// and forgotten users on, as `user:forget <user key>` (':' is in no provider name).
 pub(super) fn invalidations() -> String {
     format!("bankauth:{KEY_VERSION}:invalidations")
 }
@@ -61,6 +68,10 @@ mod tests {
             "bankauth:v2:fingerprint:moneyhub:f00d"
         );
         assert_eq!(user(&[1, 2]), "bankauth:v2:user:0102");
+        assert_eq!(
+            user_tokens(&digest),
+            format!("bankauth:v2:user-tokens:{}", "ab".repeat(32))
+        );
         assert_eq!(invalidations(), "bankauth:v2:invalidations");
         let budget = budget("moneyhub", "client-1");
         assert!(budget.starts_with("bankauth:v1:budget:"), "{budget}");

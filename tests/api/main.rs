@@ -7,6 +7,7 @@ mod examples;
 mod grpcurl;
 mod helpers;
 mod interop;
+mod lifecycle;
 mod operations;
 mod process;
 mod providers;

@@ -394,9 +394,12 @@ async fn a_retried_create_returns_the_same_user_and_the_peer_holds_one() {
 async fn an_external_id_taken_at_the_peer_is_already_exists() {
     let mut stack = Stack::start().await;
     stack.create(new_user("customer-1")).await;
-    // Another replica, with its own cache: only the peer knows the user.
+    // Another replica, with its own cache: only the peer knows the user,
+    // whose details differ from these.
     let mut other = stack.another_bankauth().await;
-    let result = other.client.create_user(new_user("customer-1")).await;
+    let mut request = new_user("customer-1");
+    request.name.as_mut().unwrap().given_name = "Sam".into();
+    let result = other.client.create_user(request).await;
     let status = stack.err("CreateUser of a taken externalId", result);
     let info = stack.check_error(&status, Code::AlreadyExists, "USER_ALREADY_EXISTS");
     // RFC 7644 §3.3: 409 with scimType "uniqueness".
