@@ -417,6 +417,67 @@ impl User {
     }
 }
 
+/// The provider's id for one of a user's bank connections, such as
+/// Moneyhub's `<bank ref>:<uuid>`. One URL path segment, as [`UserId`] is:
+/// URL-safe characters and ':', never `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionId(String);
+
+const MAX_CONNECTION_ID_LEN: usize = 128;
+
+impl ConnectionId {
+    pub fn parse(field: &str, value: &str) -> Result<Self, ValidationError> {
+        if value.is_empty() || value.len() > MAX_CONNECTION_ID_LEN {
+            return Err(ValidationError::new(
+                field,
+                format!("must be 1 to {MAX_CONNECTION_ID_LEN} characters"),
+            ));
+        }
+        let allowed =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | ':');
+        if !value.chars().all(allowed) {
+            return Err(ValidationError::new(
+                field,
+                "may contain only letters, digits, '-', '_', '.', '~' and ':'",
+            ));
+        }
+        if value == "." || value == ".." {
+            return Err(ValidationError::new(
+                field,
+                "must be one URL path segment, not \".\" or \"..\"",
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One of a user's bank connections, as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub id: String,
+    pub name: String,
+    /// `api`, `legacy`, `test`, …
+    pub kind: String,
+    /// `ok` or `error`.
+    pub status: String,
+    /// Why the connection needs attention; `None` when it is fine.
+    pub error: Option<String>,
+    pub account_ids: Vec<String>,
+    pub connected: Option<OffsetDateTime>,
+    pub updated: Option<OffsetDateTime>,
+    pub expires: Option<OffsetDateTime>,
+}
+
 /// An access token as issued by the provider. The token value is a bearer
 /// secret, so `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

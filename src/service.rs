@@ -16,13 +16,19 @@ use tracing::Instrument;
 
 use crate::cache::single_flight::{Abandoned, Flight, SingleFlight};
 use crate::cache::{
-    AuthorizationKey, Cache, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey, fingerprint,
+    AuthorizationKey, Cache, CacheError, ExpiryPolicy, Fill, TokenKey, TokenSource, UserKey,
+    UserTokens, fingerprint,
 };
 use crate::deadline;
-use crate::domain::{AccessToken, NewUser, ScopeSet, User, UserId, ValidationError};
+use crate::domain::{
+    AccessToken, Connection, ConnectionId, ExternalId, NewUser, ScopeSet, User, UserId,
+    ValidationError,
+};
+use crate::provider::scim::UserPage;
 use crate::provider::{
     AuthorizationParams, AuthorizeError, Expected, Grant, IdTokenClaims, IdTokenError, Provider,
-    ProviderError, Providers, Purpose, SCIM_READ_SCOPE, SCIM_WRITE_SCOPE, WIDGET_SCOPE,
+    ProviderError, Providers, Purpose, SCIM_READ_SCOPE, SCIM_WRITE_SCOPE, TokenTypeHint,
+    USER_DELETE_SCOPE, USER_READ_SCOPE, WIDGET_SCOPE,
 };
 use crate::random::random_hex;
 use crate::telemetry::Metrics;
@@ -65,6 +71,13 @@ pub enum Error {
         "the shared cache is unavailable, so the authorization state cannot be shared with other replicas; retry"
     )]
     StateUnavailable,
+    /// The provider did what was asked, but Redis could not be told to drop
+    /// the cached tokens it concerns, so other replicas may serve them
+    /// until they expire. Retrying is safe and drops them.
+    #[error(
+        "{done}, but the shared cache is unavailable, so other replicas may still serve its cached tokens until they expire; retry to drop them"
+    )]
+    DoneButCacheUnavailable { done: &'static str },
     /// A bug: the shared fetch this request waited on ended without a
     /// result (it panicked). The next request starts a new fetch.
     #[error("the token fetch failed unexpectedly; retry")]
@@ -483,12 +496,165 @@ impl AuthService {
         let (token, _) = self
             .issue_token(provider, None, &ScopeSet::single(SCIM_WRITE_SCOPE), false)
             .await?;
-        let user = users
-            .create_user(&token.access_token, new_user)
-            .await
-            .map_err(|source| provider_error(provider, source))?;
+        let user = match users.create_user(&token.access_token, new_user).await {
+            Ok(user) => user,
+            // Taken: by this user, when an earlier create's answer was lost
+            // and its id not remembered (another replica, a flushed
+            // Redis)? Then the retry returns it, as CreateUser promises.
+            Err(conflict @ ProviderError::Scim { status: 409, .. }) => {
+                match self.find_user(provider, &new_user.external_id).await {
+                    Ok(Some(found)) if found.matches(new_user) => found,
+                    _ => return Err(provider_error(provider, conflict)),
+                }
+            }
+            Err(source) => return Err(provider_error(provider, source)),
+        };
         self.cache.remember_user(&key, &user.id).await;
         Ok(user)
+    }
+
+    /// The user with this external id, found with a SCIM filter.
+    async fn find_user(
+        &self,
+        provider: &Arc<Provider>,
+        external_id: &ExternalId,
+    ) -> Result<Option<User>, Error> {
+        let page = self.list_users(provider, 1, 1, Some(external_id)).await?;
+        Ok(page.users.into_iter().next())
+    }
+
+    /// One page of users (SCIM `startIndex` is 1-based), or those with
+    /// `external_id`.
+    pub async fn list_users(
+        &self,
+        provider: &Arc<Provider>,
+        start_index: u32,
+        count: u32,
+        external_id: Option<&ExternalId>,
+    ) -> Result<UserPage, Error> {
+        let users = provider.users().ok_or_else(|| no_users(provider))?;
+        let (token, _) = self
+            .issue_token(provider, None, &ScopeSet::single(SCIM_READ_SCOPE), false)
+            .await?;
+        users
+            .list_users(&token.access_token, start_index, count, external_id)
+            .await
+            .map_err(|source| provider_error(provider, source))
+    }
+
+    /// Deletes a user at the provider: through its users API (Moneyhub's
+    /// `DELETE /users/{id}`), else SCIM. Then drops every token cached for
+    /// the user and the external id remembered for them, on every replica;
+    /// also when the provider answers 404, so a retry after a Redis outage
+    /// finishes the job.
+    pub async fn delete_user(&self, provider: &Arc<Provider>, id: &UserId) -> Result<(), Error> {
+        // The external id, read before the user is gone, to forget it after.
+        let external_id = match provider.users() {
+            Some(_) => match self.get_user(provider, id).await {
+                Ok(user) => Some(user.external_id),
+                Err(error) if is_not_found(&error) => None,
+                Err(error) => return Err(error),
+            },
+            None => None,
+        };
+        let deleted = if let Some(api) = provider.users_api() {
+            let token = self.application_token(provider, USER_DELETE_SCOPE).await?;
+            api.delete_user(&token, id).await
+        } else if let Some(scim) = provider.users() {
+            let token = self.application_token(provider, SCIM_WRITE_SCOPE).await?;
+            scim.delete_user(&token, id).await
+        } else {
+            return Err(no_users(provider));
+        }
+        .map_err(|source| provider_error(provider, source));
+        let forgotten = self.forget_deleted(provider, id, external_id).await;
+        deleted?;
+        forgotten.map_err(|_| Error::DoneButCacheUnavailable {
+            done: "the user was deleted",
+        })
+    }
+
+    /// Drops what the cache holds of a deleted user, everywhere.
+    async fn forget_deleted(
+        &self,
+        provider: &Provider,
+        id: &UserId,
+        external_id: Option<String>,
+    ) -> Result<(), CacheError> {
+        let owner = UserTokens::new(provider.name(), provider.client_id(), id);
+        let tokens = self.cache.drop_user_tokens(provider.name(), owner).await;
+        if let Some(external_id) = external_id {
+            let key = UserKey::new(provider.name(), provider.client_id(), &external_id);
+            self.cache.forget_user_everywhere(&key).await?;
+        }
+        tokens.map(drop)
+    }
+
+    /// A user's bank connections (Moneyhub's users API).
+    pub async fn connections(
+        &self,
+        provider: &Arc<Provider>,
+        id: &UserId,
+    ) -> Result<Vec<Connection>, Error> {
+        let api = provider.users_api().ok_or_else(|| no_users_api(provider))?;
+        let token = self.application_token(provider, USER_READ_SCOPE).await?;
+        api.connections(&token, id)
+            .await
+            .map_err(|source| provider_error(provider, source))
+    }
+
+    /// Removes one of a user's bank connections (Moneyhub's users API).
+    pub async fn delete_connection(
+        &self,
+        provider: &Arc<Provider>,
+        id: &UserId,
+        connection: &ConnectionId,
+    ) -> Result<(), Error> {
+        let api = provider.users_api().ok_or_else(|| no_users_api(provider))?;
+        let token = self.application_token(provider, USER_DELETE_SCOPE).await?;
+        api.delete_connection(&token, id, connection)
+            .await
+            .map_err(|source| provider_error(provider, source))
+    }
+
+    /// Revokes a token at the provider (RFC 7009), then drops any cached
+    /// copy on every replica. The token is not cached-checked first: a
+    /// refresh token, or an access token bankauth never cached, is revoked too.
+    pub async fn revoke_token(
+        &self,
+        provider: &Arc<Provider>,
+        token: &str,
+        hint: Option<TokenTypeHint>,
+    ) -> Result<(), Error> {
+        let revoked = provider
+            .revoke(token, hint)
+            .await
+            .map_err(|source| provider_error(provider, source))?;
+        if !revoked {
+            return Err(unsupported(
+                provider,
+                "has no revocation endpoint (its discovery document names none)",
+            ));
+        }
+        self.cache
+            .invalidate(provider.name(), &fingerprint(token))
+            .await
+            .map(drop)
+            .map_err(|_| Error::DoneButCacheUnavailable {
+                done: "the provider revoked the token",
+            })
+    }
+
+    /// A cached client-credentials token (no `sub`) with one scope.
+    async fn application_token(
+        &self,
+        provider: &Arc<Provider>,
+        scope: &str,
+    ) -> Result<String, Error> {
+        let (token, _) = self
+            .issue_token(provider, None, &ScopeSet::single(scope), false)
+            .await?;
+        Ok(token.access_token)
     }
 
     /// The user this service created under `key`, if it still exists.
@@ -607,7 +773,10 @@ impl AuthService {
             match &result {
                 Ok(token) => {
                     metrics.token_issued(provider.name());
-                    let entry = expiry.entry(provider.name(), token.clone(), issued_at);
+                    let mut entry = expiry.entry(provider.name(), token.clone(), issued_at);
+                    entry.owner = sub.as_ref().map(|sub| {
+                        UserTokens::new(provider.name(), provider.client_id(), sub).to_hex()
+                    });
                     cache.put_token(&key, &entry, now_millis()).await;
                 }
                 Err(_) => {
@@ -659,6 +828,25 @@ fn unusable_state() -> Error {
 
 fn no_users(provider: &Provider) -> Error {
     unsupported(provider, "has no user management")
+}
+
+fn no_users_api(provider: &Provider) -> Error {
+    unsupported(
+        provider,
+        "has no users API, so no connections (set users_url for a Moneyhub-compatible one)",
+    )
+}
+
+/// Whether the provider said there is no such user.
+fn is_not_found(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Provider {
+            source: ProviderError::Scim { status: 404, .. }
+                | ProviderError::UsersApi { status: 404, .. },
+            ..
+        }
+    )
 }
 
 fn now_millis() -> i64 {

@@ -4,8 +4,8 @@
 use time::OffsetDateTime;
 
 use crate::domain::{
-    AccessToken, Email, EmailAddress, ExternalId, NamePart, NewUser, PersonName, Subtenant, User,
-    ValidationError, bounded_text,
+    AccessToken, Connection, Email, EmailAddress, ExternalId, NamePart, NewUser, PersonName,
+    Subtenant, User, ValidationError, bounded_text,
 };
 use crate::proto::v1 as pb;
 use crate::provider::{Consent, Purpose, permissions, provider_id};
@@ -109,6 +109,22 @@ impl From<TokenSet> for pb::TokenSet {
                     .auth_time
                     .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
             }),
+        }
+    }
+}
+
+impl From<Connection> for pb::Connection {
+    fn from(connection: Connection) -> Self {
+        Self {
+            id: connection.id,
+            name: connection.name,
+            r#type: connection.kind,
+            status: connection.status,
+            error: connection.error.unwrap_or_default(),
+            account_ids: connection.account_ids,
+            connect_time: connection.connected.map(timestamp),
+            update_time: connection.updated.map(timestamp),
+            expire_time: connection.expires.map(timestamp),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod convert;
 pub mod observe;
+mod page_token;
 pub mod status;
 
 use std::future::Future;
@@ -16,11 +17,12 @@ use tracing::Span;
 use crate::access::{Access, Caller};
 use crate::cache::fingerprint;
 use crate::domain::{
-    ScopeSet, UserId, ValidationError, code_verifier, opaque_value, redirect_uri, sha256_hex,
+    ConnectionId, ExternalId, ScopeSet, UserId, ValidationError, code_verifier, opaque_value,
+    redirect_uri, sha256_hex,
 };
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
-use crate::provider::{Provider, WIDGET_SCOPE};
+use crate::provider::{Provider, TokenTypeHint, WIDGET_SCOPE};
 use crate::service::{AuthService, CacheOutcome, CodeExchange, TokenSet};
 use observe::Method;
 use status::RpcError;
@@ -34,6 +36,9 @@ const MAX_NONCE_LEN: usize = 512;
 const MAX_STATE_LEN: usize = 256;
 /// Longest access token accepted for invalidation; JWTs run to a few kB.
 const MAX_ACCESS_TOKEN_LEN: usize = 16 * 1024;
+/// ListUsers' page size when the request leaves it 0 (AIP-158), and its bound.
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 100;
 
 pub use pb::auth_service_server::AuthServiceServer;
 
@@ -260,37 +265,141 @@ impl AuthServiceRpc for AuthApi {
 
     async fn delete_user(
         &self,
-        _request: Request<pb::DeleteUserRequest>,
+        request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        Err(Status::unimplemented("TODO(issue 16)"))
+        self.observe(request, |caller, request| async move {
+            let provider = self.provider(caller, &request.provider)?;
+            let user_id = UserId::parse("user_id", &request.user_id)?;
+            self.service.delete_user(&provider, &user_id).await?;
+            tracing::info!(
+                target: AUDIT,
+                event = "user_deleted",
+                caller = %caller.name,
+                provider = provider.name(),
+                sub = %user_id,
+            );
+            Ok(pb::DeleteUserResponse {})
+        })
+        .await
     }
 
     async fn list_users(
         &self,
-        _request: Request<pb::ListUsersRequest>,
+        request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        Err(Status::unimplemented("TODO(issue 16)"))
+        self.observe(request, |caller, request| async move {
+            let provider = self.provider(caller, &request.provider)?;
+            let page_size = page_size(request.page_size)?;
+            let external_id = optional(&request.external_id, |v| {
+                ExternalId::parse("external_id", v)
+            })?;
+            let listing = page_token::Listing {
+                provider: provider.name(),
+                external_id: external_id.as_ref(),
+            };
+            let start_index = optional(&request.page_token, |v| listing.start_index(v))?;
+            let page = self
+                .service
+                .list_users(
+                    &provider,
+                    start_index.unwrap_or(1),
+                    page_size,
+                    external_id.as_ref(),
+                )
+                .await?;
+            Ok(pb::ListUsersResponse {
+                users: page.users.into_iter().map(pb::User::from).collect(),
+                next_page_token: page
+                    .next_start_index
+                    .map(|start| listing.token(start))
+                    .unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn list_user_connections(
         &self,
-        _request: Request<pb::ListUserConnectionsRequest>,
+        request: Request<pb::ListUserConnectionsRequest>,
     ) -> Result<Response<pb::ListUserConnectionsResponse>, Status> {
-        Err(Status::unimplemented("TODO(issue 16)"))
+        self.observe(request, |caller, request| async move {
+            let provider = self.provider(caller, &request.provider)?;
+            let user_id = UserId::parse("user_id", &request.user_id)?;
+            let connections = self.service.connections(&provider, &user_id).await?;
+            Ok(pb::ListUserConnectionsResponse {
+                connections: connections.into_iter().map(pb::Connection::from).collect(),
+            })
+        })
+        .await
     }
 
     async fn delete_user_connection(
         &self,
-        _request: Request<pb::DeleteUserConnectionRequest>,
+        request: Request<pb::DeleteUserConnectionRequest>,
     ) -> Result<Response<pb::DeleteUserConnectionResponse>, Status> {
-        Err(Status::unimplemented("TODO(issue 16)"))
+        self.observe(request, |caller, request| async move {
+            let provider = self.provider(caller, &request.provider)?;
+            let user_id = UserId::parse("user_id", &request.user_id)?;
+            let connection_id = ConnectionId::parse("connection_id", &request.connection_id)?;
+            self.service
+                .delete_connection(&provider, &user_id, &connection_id)
+                .await?;
+            tracing::info!(
+                target: AUDIT,
+                event = "connection_deleted",
+                caller = %caller.name,
+                provider = provider.name(),
+                sub = %user_id,
+                connection_id = %connection_id,
+            );
+            Ok(pb::DeleteUserConnectionResponse {})
+        })
+        .await
     }
 
     async fn revoke_token(
         &self,
-        _request: Request<pb::RevokeTokenRequest>,
+        request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        Err(Status::unimplemented("TODO(issue 16)"))
+        self.observe(request, |caller, request| async move {
+            let provider = self.provider(caller, &request.provider)?;
+            let token = opaque_value("token", &request.token, MAX_ACCESS_TOKEN_LEN)?;
+            let hint = token_type_hint(request.token_type_hint)?;
+            self.service.revoke_token(&provider, &token, hint).await?;
+            tracing::info!(
+                target: AUDIT,
+                event = "token_revoked",
+                caller = %caller.name,
+                provider = provider.name(),
+                token_type_hint = hint.map_or("none", TokenTypeHint::as_str),
+            );
+            Ok(pb::RevokeTokenResponse {})
+        })
+        .await
+    }
+}
+
+/// AIP-158: 0 asks for the default; 1 to [`MAX_PAGE_SIZE`] otherwise.
+fn page_size(value: i32) -> Result<u32, ValidationError> {
+    match u32::try_from(value) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(size) if size <= MAX_PAGE_SIZE => Ok(size),
+        _ => Err(ValidationError::new(
+            "page_size",
+            format!("must be 1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE}"),
+        )),
+    }
+}
+
+fn token_type_hint(value: i32) -> Result<Option<TokenTypeHint>, ValidationError> {
+    match pb::TokenTypeHint::try_from(value) {
+        Ok(pb::TokenTypeHint::Unspecified) => Ok(None),
+        Ok(pb::TokenTypeHint::AccessToken) => Ok(Some(TokenTypeHint::AccessToken)),
+        Ok(pb::TokenTypeHint::RefreshToken) => Ok(Some(TokenTypeHint::RefreshToken)),
+        Err(_) => Err(ValidationError::new(
+            "token_type_hint",
+            "is not a TokenTypeHint value",
+        )),
     }
 }
 
@@ -310,9 +419,10 @@ fn record_cache(outcome: CacheOutcome) {
     Span::current().record("cache", outcome.as_str());
 }
 
-/// The log target of audit events: one per token issued, user created,
-/// authorization URL created or code exchanged by state, naming the
-/// caller; never a token, code, state, nonce or verifier.
+/// The log target of audit events: one per token issued or revoked, user
+/// created or deleted, connection deleted, authorization URL created or
+/// code exchanged by state, naming the caller; never a token, code, state,
+/// nonce or verifier.
 const AUDIT: &str = "bankauth::audit";
 
 fn audit_token(

@@ -219,7 +219,9 @@ impl From<Error> for Status {
                 }
             }
             Error::Internal(_) => Reason::InternalError,
-            Error::CacheUnavailable | Error::StateUnavailable => Reason::SharedCacheUnavailable,
+            Error::CacheUnavailable
+            | Error::StateUnavailable
+            | Error::DoneButCacheUnavailable { .. } => Reason::SharedCacheUnavailable,
             Error::Provider { provider, source } => {
                 metadata.insert("provider".to_owned(), provider);
                 if let Some(upstream) = upstream_error(&source) {
@@ -251,14 +253,16 @@ fn classify(error: &ProviderError) -> Reason {
             | "invalid_request"
             | "invalid_grant"
             | "invalid_request_object"
-            | "invalid_redirect_uri" => Reason::UpstreamRejectedRequest,
+            | "invalid_redirect_uri"
+            | "unsupported_token_type" => Reason::UpstreamRejectedRequest,
             "invalid_client" | "unauthorized_client" | "api_error.auth.unauthorized" => {
                 Reason::UpstreamRejectedCredentials
             }
             "temporarily_unavailable" | "server_error" => Reason::UpstreamUnavailable,
             _ => Reason::UpstreamRefused,
         },
-        ProviderError::Scim { status, .. } => match status {
+        ProviderError::Scim { status, .. } | ProviderError::UsersApi { status, .. } => match status
+        {
             404 => Reason::UserNotFound,
             409 => Reason::UserAlreadyExists,
             401 | 403 => Reason::UpstreamRejectedCredentials,
@@ -285,6 +289,11 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
             ..
         } => Some(scim_type.clone()),
         ProviderError::Scim { status, .. } => Some(format!("http_{status}")),
+        ProviderError::UsersApi { code, status, .. } => Some(
+            code.clone()
+                .filter(|code| is_error_code(code))
+                .unwrap_or_else(|| format!("http_{status}")),
+        ),
         ProviderError::RateLimited { code, .. } => {
             Some(code.clone().unwrap_or_else(|| "http_429".to_owned()))
         }
@@ -295,6 +304,12 @@ fn upstream_error(error: &ProviderError) -> Option<String> {
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => None,
     }
+}
+
+/// Whether upstream text is plausibly an error code (short printable
+/// ASCII), fit to pass on as metadata.
+fn is_error_code(code: &str) -> bool {
+    !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]

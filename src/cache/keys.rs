@@ -37,7 +37,14 @@ pub(super) fn authorization(digest: &[u8]) -> String {
     )
 }
 
-/// The channel replicas announce invalidations on, as `<provider> <fingerprint>`.
+/// The set of fingerprints of the tokens cached for one user (see
+/// [`super::UserTokens`]), from the digest of what identifies the user.
+pub(super) fn user_tokens(digest: &[u8; 32]) -> String {
+    format!("bankauth:{KEY_VERSION}:user-tokens:{}", hex::encode(digest))
+}
+
+/// The channel replicas announce invalidations on, as `<provider> <fingerprint>`,
+/// and forgotten users on, as `user:forget <user key>` (':' is in no provider name).
 pub(super) fn invalidations() -> String {
     format!("bankauth:{KEY_VERSION}:invalidations")
 }
@@ -71,6 +78,10 @@ mod tests {
         );
         assert_eq!(user(&[1, 2]), "bankauth:v2:user:0102");
         assert_eq!(authorization(&[1, 2]), "bankauth:v2:authorization:0102");
+        assert_eq!(
+            user_tokens(&digest),
+            format!("bankauth:v2:user-tokens:{}", "ab".repeat(32))
+        );
         assert_eq!(invalidations(), "bankauth:v2:invalidations");
         let budget = budget("moneyhub", "client-1");
         assert!(budget.starts_with("bankauth:v1:budget:"), "{budget}");

@@ -106,6 +106,24 @@ impl MemoryStore {
         self.tokens.remove_if(&key, held).is_some()
     }
 
+    /// Drops every token of `provider` cached for `owner` (see
+    /// [`super::UserTokens`]) and returns their fingerprints, in hex.
+    pub fn invalidate_owner(&self, provider: &str, owner: &str) -> Vec<String> {
+        let owned = |entry: &Entry| {
+            entry.token.provider == provider && entry.token.owner.as_deref() == Some(owner)
+        };
+        let keys: Vec<TokenKey> = self
+            .tokens
+            .iter()
+            .filter(|(_, entry)| owned(entry))
+            .map(|(key, _)| key)
+            .collect();
+        keys.iter()
+            .filter_map(|key| self.tokens.remove_if(key, owned))
+            .map(|(_, entry)| hex::encode(entry.fingerprint))
+            .collect()
+    }
+
     pub fn remembered_user(&self, key: &UserKey) -> Option<String> {
         self.users.get(key)
     }
@@ -141,6 +159,7 @@ mod tests {
     fn token(value: &str) -> CachedToken {
         CachedToken {
             provider: "p".into(),
+            owner: None,
             token: AccessToken {
                 access_token: value.into(),
                 token_type: "Bearer".into(),
@@ -204,6 +223,29 @@ mod tests {
         assert!(store.invalidate("p", &hex::encode(fingerprint("revoked"))));
         assert!(store.get_token(&key(1)).is_none());
         assert!(store.get_token(&key(2)).is_some());
+    }
+
+    #[test]
+    fn an_owners_tokens_are_dropped_and_no_others() {
+        let store = MemoryStore::new(10);
+        let owned = |value: &str, owner: &str| CachedToken {
+            owner: Some(owner.into()),
+            ..token(value)
+        };
+        store.put_token(&key(1), &owned("a", "alex"), Duration::from_secs(60));
+        store.put_token(&key(2), &owned("b", "alex"), Duration::from_secs(60));
+        store.put_token(&key(3), &owned("c", "sam"), Duration::from_secs(60));
+        store.put_token(&key(4), &token("app"), Duration::from_secs(60));
+        assert!(store.invalidate_owner("other-provider", "alex").is_empty());
+        let mut dropped = store.invalidate_owner("p", "alex");
+        dropped.sort();
+        let mut expected = vec![hex::encode(fingerprint("a")), hex::encode(fingerprint("b"))];
+        expected.sort();
+        assert_eq!(dropped, expected);
+        assert!(store.get_token(&key(1)).is_none());
+        assert!(store.get_token(&key(2)).is_none());
+        assert!(store.get_token(&key(3)).is_some());
+        assert!(store.get_token(&key(4)).is_some());
     }
 
     #[test]

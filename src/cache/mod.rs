@@ -24,7 +24,7 @@ use crate::telemetry::Metrics;
 use keys::KEY_VERSION;
 pub use memory::MemoryStore;
 pub use redis_connection::{RedisTarget, Topology};
-pub use redis_store::{RedisStore, fingerprint};
+pub use redis_store::{Announcement, RedisStore, fingerprint};
 
 /// Who mints a token: everything about the request besides `sub` and the
 /// scopes that could change what comes back. Pointing a provider name at
@@ -76,12 +76,40 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
+/// Identifies every token cached for one user of one provider client, so
+/// DeleteUser can drop them all: tokens are keyed by hashes that include
+/// the scopes, so the user's tokens cannot be found from the user alone.
+/// Hashed, so no Redis key names the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserTokens([u8; 32]);
+
+impl UserTokens {
+    pub fn new(provider: &str, client_id: &str, sub: &UserId) -> Self {
+        let canonical = serde_json::json!([KEY_VERSION, provider, client_id, sub.as_str()]);
+        Self(Sha256::digest(canonical.to_string()).into())
+    }
+
+    /// How a cached token names its owner.
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The Redis set of the fingerprints of the user's cached tokens.
+    fn name(self) -> String {
+        keys::user_tokens(&self.0)
+    }
+}
+
 /// A token with the moments that govern its caching, in Unix milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedToken {
     /// The provider that issued it: InvalidateToken names a provider and
     /// drops only that provider's tokens.
     pub provider: String,
+    /// The user it was issued for ([`UserTokens::to_hex`]); `None` for an
+    /// application token. Lets DeleteUser find it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub token: AccessToken,
     /// From here on a hit also refreshes the token in the background.
     pub refresh_at_ms: i64,
@@ -152,6 +180,7 @@ impl ExpiryPolicy {
         let refresh_fraction = low + (high - low) * unit_random();
         CachedToken {
             provider: provider.to_owned(),
+            owner: None,
             refresh_at_ms: issued_at_ms + (lifetime_ms * refresh_fraction) as i64,
             serve_until_ms: expires_at_ms - margin_ms as i64,
             token,
@@ -357,6 +386,38 @@ impl Cache {
         self.keep_local(key, token, ttl, written);
     }
 
+    /// Drops every token cached for a user (here, in Redis, and through
+    /// the invalidation channel on every replica) and returns how many this
+    /// replica or Redis held. An error when Redis could not be told: other
+    /// replicas may then still serve them.
+    pub async fn drop_user_tokens(
+        &self,
+        provider: &str,
+        owner: UserTokens,
+    ) -> Result<usize, CacheError> {
+        let mut fingerprints = self.memory.invalidate_owner(provider, &owner.to_hex());
+        let Some(redis) = &self.redis else {
+            return Ok(fingerprints.len());
+        };
+        let dropped = async {
+            for fingerprint in redis.user_token_fingerprints(owner.name()).await? {
+                if !fingerprints.contains(&fingerprint) {
+                    fingerprints.push(fingerprint);
+                }
+            }
+            // Each announced, even one only this replica held: another
+            // replica may hold it in process too.
+            for fingerprint in &fingerprints {
+                redis.invalidate(provider, fingerprint).await?;
+            }
+            redis.forget_user_tokens(owner.name()).await
+        }
+        .await;
+        self.report(dropped, "could not drop a deleted user's tokens in Redis")
+            .ok_or(CacheError::Unavailable)?;
+        Ok(fingerprints.len())
+    }
+
     /// After a failed refresh, keeps serving the cached token and tries
     /// again no sooner than `delay` from now, so an outage is not hammered.
     /// Only while the entry still holds the token this replica knows: one
@@ -487,8 +548,16 @@ impl Cache {
         if let Some(redis) = &self.redis {
             let memory = self.memory.clone();
             redis
-                .follow_invalidations(move |provider, fingerprint| {
-                    memory.invalidate(provider, fingerprint);
+                .follow_invalidations(move |announcement| match announcement {
+                    Announcement::Token {
+                        provider,
+                        fingerprint,
+                    } => {
+                        memory.invalidate(provider, fingerprint);
+                    }
+                    Announcement::ForgetUser(name) => {
+                        memory.forget_user(&UserKey(name.to_owned()));
+                    }
                 })
                 .await;
         }
@@ -520,6 +589,18 @@ impl Cache {
                 "could not remember a created user's id; a retry through another replica will see ALREADY_EXISTS",
             );
         }
+    }
+
+    /// Forgets a user this service deleted, here, in Redis and on every
+    /// replica; an error when Redis could not be told.
+    pub async fn forget_user_everywhere(&self, key: &UserKey) -> Result<(), CacheError> {
+        self.memory.forget_user(key);
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let forgotten = redis.forget_user_everywhere(key).await;
+        self.report(forgotten, "could not forget a deleted user's id")
+            .ok_or(CacheError::Unavailable)
     }
 
     /// Forgets a remembered user that no longer exists at the provider.

@@ -46,6 +46,44 @@ end
 return 0
 "#;
 
+/// Adds a token's fingerprint to its user's set, keeping the set at least
+/// as long as this token lives. ARGV: fingerprint, TTL ms.
+const INDEX_USER_TOKEN: &str = r#"
+redis.call("SADD", KEYS[1], ARGV[1])
+if redis.call("PTTL", KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 1
+"#;
+
+/// What one replica announces to the others on the invalidation channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Announcement<'a> {
+    /// Drop `provider`'s token with this fingerprint.
+    Token {
+        provider: &'a str,
+        fingerprint: &'a str,
+    },
+    /// Forget this remembered user (a [`UserKey`] name): it was deleted.
+    ForgetUser(&'a str),
+}
+
+/// The prefix of a [`Announcement::ForgetUser`] payload; ':' is in no provider name.
+const FORGET_USER: &str = "user:forget ";
+
+impl<'a> Announcement<'a> {
+    fn parse(payload: &'a str) -> Option<Self> {
+        if let Some(name) = payload.strip_prefix(FORGET_USER) {
+            return Some(Self::ForgetUser(name));
+        }
+        let (provider, fingerprint) = payload.split_once(' ')?;
+        Some(Self::Token {
+            provider,
+            fingerprint,
+        })
+    }
+}
+
 /// A token bucket shared by every replica: refills continuously by the
 /// server's clock (`TIME`, so replicas' clocks do not matter), takes one
 /// token if it can, else returns the milliseconds until one is there.
@@ -83,6 +121,7 @@ pub struct RedisStore {
     delete_if_token: redis::Script,
     replace_if_token: redis::Script,
     take_from_bucket: redis::Script,
+    index_user_token: redis::Script,
     sealer: Arc<Sealer>,
 }
 
@@ -103,6 +142,7 @@ impl RedisStore {
             delete_if_token: redis::Script::new(DELETE_IF_TOKEN),
             replace_if_token: redis::Script::new(REPLACE_IF_TOKEN),
             take_from_bucket: redis::Script::new(TAKE_FROM_BUCKET),
+            index_user_token: redis::Script::new(INDEX_USER_TOKEN),
             sealer: Arc::new(sealer),
         })
     }
@@ -160,6 +200,42 @@ impl RedisStore {
                 millis(ttl),
             )
             .instrument(span("SET"))
+            .await?;
+        if let Some(owner) = &token.owner {
+            let owner = hex::decode(owner)
+                .ok()
+                .and_then(|digest| <[u8; 32]>::try_from(digest).ok())
+                .ok_or(CacheError::Corrupt)?;
+            let _: i64 = self
+                .index_user_token
+                .key(keys::user_tokens(&owner))
+                .arg(&fingerprint)
+                .arg(millis(ttl))
+                .invoke_async(&mut connection)
+                .instrument(span("EVALSHA"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The fingerprints in a user's token set (see [`super::UserTokens`]).
+    pub async fn user_token_fingerprints(&self, name: String) -> Result<Vec<String>, CacheError> {
+        let fingerprints: Vec<String> = self
+            .connection()
+            .await?
+            .smembers(name)
+            .instrument(span("SMEMBERS"))
+            .await?;
+        Ok(fingerprints)
+    }
+
+    /// Deletes a user's token set, once its tokens are invalidated.
+    pub async fn forget_user_tokens(&self, name: String) -> Result<(), CacheError> {
+        let _: i64 = self
+            .connection()
+            .await?
+            .del(name)
+            .instrument(span("DEL"))
             .await?;
         Ok(())
     }
@@ -269,10 +345,10 @@ impl RedisStore {
         Ok(deleted)
     }
 
-    /// Calls `drop_local` with the provider and fingerprint of every token
-    /// any replica invalidates, reconnecting (to the next cluster seed)
-    /// after an outage; runs until the task is dropped.
-    pub async fn follow_invalidations(&self, drop_local: impl Fn(&str, &str)) {
+    /// Calls `apply` with every announcement any replica makes (a token
+    /// invalidated, a user forgotten), reconnecting (to the next cluster
+    /// seed) after an outage; runs until the task is dropped.
+    pub async fn follow_invalidations(&self, apply: impl Fn(Announcement<'_>)) {
         for client in self.subscribers.iter().cycle() {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
@@ -281,8 +357,8 @@ impl RedisStore {
                         while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await
                         {
                             let payload = message.get_payload::<String>().unwrap_or_default();
-                            if let Some((provider, fingerprint)) = payload.split_once(' ') {
-                                drop_local(provider, fingerprint);
+                            if let Some(announcement) = Announcement::parse(&payload) {
+                                apply(announcement);
                             }
                         }
                     }
@@ -315,6 +391,21 @@ impl RedisStore {
             .await?
             .set_ex(key.as_str(), sealed, REMEMBERED_USER_TTL.as_secs())
             .instrument(span("SET"))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a remembered user and tells every replica to forget it too.
+    pub async fn forget_user_everywhere(&self, key: &UserKey) -> Result<(), CacheError> {
+        self.forget_user(key).await?;
+        let _: i64 = self
+            .connection()
+            .await?
+            .publish(
+                keys::invalidations(),
+                format!("{FORGET_USER}{}", key.as_str()),
+            )
+            .instrument(span("PUBLISH"))
             .await?;
         Ok(())
     }
@@ -413,4 +504,25 @@ fn span(operation: &'static str) -> tracing::Span {
         db.system = "redis",
         db.operation = operation,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_are_told_apart() {
+        assert_eq!(
+            Announcement::parse("moneyhub f00d"),
+            Some(Announcement::Token {
+                provider: "moneyhub",
+                fingerprint: "f00d"
+            })
+        );
+        assert_eq!(
+            Announcement::parse("user:forget bankauth:v2:user:0102"),
+            Some(Announcement::ForgetUser("bankauth:v2:user:0102"))
+        );
+        assert_eq!(Announcement::parse("garbage"), None);
+    }
 }

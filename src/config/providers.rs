@@ -92,6 +92,9 @@ pub struct ProviderConfig {
     pub jwks_url: Option<Url>,
     /// SCIM base URL; Moneyhub's defaults to the issuer's origin + `/scim`.
     pub scim_url: Option<Url>,
+    /// Moneyhub's users API base (`DELETE /users/{id}`, connections);
+    /// Moneyhub's defaults to the issuer's origin + `/users`.
+    pub users_url: Option<Url>,
     pub client_id: String,
     /// Defaults: moneyhub `private_key_jwt`, moneykit `client_secret_basic`;
     /// required for oauth2.
@@ -226,6 +229,7 @@ impl ProviderConfig {
             token_url: None,
             jwks_url: None,
             scim_url: None,
+            users_url: None,
             client_id: client_id.into(),
             client_auth: None,
             private_key_file: None,

@@ -19,6 +19,14 @@ pub enum ProviderError {
         scim_type: Option<String>,
         detail: Option<String>,
     },
+    /// Moneyhub's users API answered with an error status (its body's
+    /// `code` and `message`, when it carried them).
+    #[error("the users API answered HTTP {status}{}", describe(.message))]
+    UsersApi {
+        status: u16,
+        code: Option<String>,
+        message: Option<String>,
+    },
     /// The provider's rate limit was hit (HTTP 429).
     #[error("the provider is rate limiting requests")]
     RateLimited {

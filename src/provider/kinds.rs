@@ -60,6 +60,22 @@ impl ProviderConfig {
         }
     }
 
+    /// Moneyhub's users API base (users and their connections): configured,
+    /// or next to its issuer, as its Node client's `identityServiceUrl + "/users"`.
+    /// Other kinds have none unless configured.
+    pub fn users_url(&self) -> Option<Url> {
+        match (&self.users_url, self.kind, &self.issuer) {
+            (Some(url), _, _) => Some(url.clone()),
+            (None, ProviderKind::Moneyhub, Some(issuer)) => {
+                let mut origin = issuer.clone();
+                origin.set_path("/users");
+                origin.set_query(None);
+                Some(origin)
+            }
+            _ => None,
+        }
+    }
+
     pub fn send_sub(&self) -> bool {
         self.send_sub.unwrap_or(self.kind == ProviderKind::Moneyhub)
     }
@@ -107,6 +123,7 @@ pub fn validate(key: &str, config: &ProviderConfig) -> Result<(), ConfigError> {
     http_url("token_url", &config.token_url)?;
     http_url("jwks_url", &config.jwks_url)?;
     http_url("scim_url", &config.scim_url)?;
+    http_url("users_url", &config.users_url)?;
     if config.client_id.trim().is_empty() {
         return Err(invalid("client_id", "must not be empty"));
     }
@@ -371,6 +388,10 @@ mod tests {
             moneyhub.scim_url().unwrap().as_str(),
             "https://identity.moneyhub.co.uk/scim"
         );
+        assert_eq!(
+            moneyhub.users_url().unwrap().as_str(),
+            "https://identity.moneyhub.co.uk/users"
+        );
         assert_eq!(moneyhub.client_auth(), ClientAuthMethod::PrivateKeyJwt);
         assert!(moneyhub.send_sub());
         assert_eq!(config.server.listen_addr.port(), 50051);
@@ -410,6 +431,10 @@ mod tests {
             (
                 format!("{MINIMAL}\nrequest_object_signing_alg = \"RS256\""),
                 "providers.moneyhub.request_object_signing_alg",
+            ),
+            (
+                format!("{MINIMAL}\nusers_url = \"ftp://identity.example/users\""),
+                "providers.moneyhub.users_url",
             ),
         ];
         for (toml, key) in cases {

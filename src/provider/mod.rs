@@ -16,6 +16,7 @@ mod resilience;
 pub mod scim;
 mod signing;
 mod token;
+pub mod users_api;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -30,7 +31,8 @@ pub use discovery::Endpoints;
 pub use error::ProviderError;
 pub use id_token::{Expected, IdTokenClaims, IdTokenError, find_key};
 pub use signing::{KeyError, SigningAlgorithm, SigningKey};
-pub use token::{Grant, TokenResponse};
+pub use token::{Grant, TokenResponse, TokenTypeHint};
+pub use users_api::{USER_DELETE_SCOPE, USER_READ_SCOPE, UsersApi};
 
 use crate::cache::SharedBuckets;
 use crate::config::{Config, ConfigError, ExpiryField, ProviderConfig};
@@ -73,6 +75,7 @@ pub struct Provider {
     endpoints: RwLock<Arc<Endpoints>>,
     token_endpoint: TokenEndpoint,
     scim: Option<ScimClient>,
+    users_api: Option<UsersApi>,
     id_tokens: IdTokenVerifier,
     send_sub: bool,
     data_scopes: BTreeSet<String>,
@@ -172,6 +175,14 @@ impl Provider {
                 },
                 base,
                 content_type: config.scim_content_type.clone(),
+            }),
+            // Moneyhub's users API, on a breaker of its own for the same reason.
+            users_api: config.users_url().map(|base| UsersApi {
+                upstream: Upstream {
+                    breaker: breaker("users"),
+                    ..upstream.clone()
+                },
+                base,
             }),
             // The JWKS too: a struggling JWKS endpoint must not open the
             // breaker that token issuance goes through.
@@ -300,6 +311,29 @@ impl Provider {
     /// The provider's SCIM users endpoint; `None` when it has no user management.
     pub fn users(&self) -> Option<&ScimClient> {
         self.scim.as_ref()
+    }
+
+    /// Moneyhub's users API (user deletion, connections); `None` when the
+    /// provider has none.
+    pub fn users_api(&self) -> Option<&UsersApi> {
+        self.users_api.as_ref()
+    }
+
+    /// Revokes a token at the discovered revocation endpoint (RFC 7009);
+    /// `Ok(false)` when the provider has none, so nothing was sent.
+    pub async fn revoke(
+        &self,
+        token: &str,
+        hint: Option<TokenTypeHint>,
+    ) -> Result<bool, ProviderError> {
+        let endpoints = self.endpoints();
+        let Some(url) = &endpoints.revocation_url else {
+            return Ok(false);
+        };
+        self.token_endpoint
+            .revoke(&endpoints, url, token, hint)
+            .await
+            .map(|()| true)
     }
 }
 

@@ -79,6 +79,7 @@ fn retryable(error: &ProviderError, replay: Replay) -> bool {
                 && matches!(error.as_str(), "temporarily_unavailable" | "server_error")
         }
         ProviderError::Scim { .. }
+        | ProviderError::UsersApi { .. }
         | ProviderError::Misdirected { .. }
         | ProviderError::CircuitOpen { .. }
         | ProviderError::BudgetExhausted { .. } => false,
@@ -93,7 +94,9 @@ fn is_provider_failure(error: &ProviderError) -> bool {
         ProviderError::OAuth { error, .. } => {
             matches!(error.as_str(), "temporarily_unavailable" | "server_error")
         }
-        ProviderError::Scim { status, .. } => *status >= 500,
+        ProviderError::Scim { status, .. } | ProviderError::UsersApi { status, .. } => {
+            *status >= 500
+        }
         ProviderError::RateLimited { .. }
         | ProviderError::Misdirected { .. }
         | ProviderError::CircuitOpen { .. }

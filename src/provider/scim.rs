@@ -11,7 +11,7 @@ use url::Url;
 use super::ProviderError;
 use super::http::{Answer, Upstream};
 use super::resilience::Replay;
-use crate::domain::{NewUser, Subtenant, User, UserEmail, UserId};
+use crate::domain::{ExternalId, NewUser, Subtenant, User, UserEmail, UserId};
 
 const CORE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const SUBTENANT_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:moneyhub:2.0:Subtenant";
@@ -84,6 +84,32 @@ pub struct ScimUser {
 pub struct ScimError {
     pub scim_type: Option<String>,
     pub detail: Option<String>,
+}
+
+/// RFC 7644 §3.4.2 ListResponse. `Resources` may be absent when empty.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListResponse {
+    total_results: u64,
+    start_index: Option<u64>,
+    #[serde(default, rename = "Resources")]
+    resources: Vec<ScimUser>,
+}
+
+/// One page of users from `GET /users?startIndex=&count=`.
+#[derive(Debug)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    /// The 1-based `startIndex` of the next page; `None` on the last one.
+    pub next_start_index: Option<u32>,
+}
+
+/// The SCIM filter for one `externalId`. The value is written as a JSON
+/// string, as RFC 7644 §3.4.2.2 defines `compValue`, so quotes, backslashes
+/// and control characters are escaped and a hostile value stays one value.
+pub fn external_id_filter(external_id: &ExternalId) -> String {
+    let value = serde_json::Value::String(external_id.as_str().to_owned());
+    format!("externalId eq {value}")
 }
 
 impl ScimUserRequest {
@@ -176,6 +202,102 @@ impl ScimClient {
         .await
     }
 
+    /// `DELETE /users/{id}`. Not replayed after an ambiguous failure: a
+    /// second DELETE of a user the first removed would answer 404.
+    pub async fn delete_user(&self, bearer: &str, id: &UserId) -> Result<(), ProviderError> {
+        let url = &user_url(&self.base, id.as_str()).ok_or_else(|| ProviderError::Misdirected {
+            reason: format!("user id {id} does not address one SCIM user"),
+            status: None,
+        })?;
+        self.exchange(bearer, Replay::OnlyUnprocessed, move || {
+            self.upstream.client.delete(url.clone())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// One page of users from the 1-based `start_index`, at most `count`,
+    /// only those with `external_id` when given. Read defensively: a page
+    /// larger than asked, starting elsewhere, or holding users the filter
+    /// excludes is not served as asked (the server ignored a parameter).
+    pub async fn list_users(
+        &self,
+        bearer: &str,
+        start_index: u32,
+        count: u32,
+        external_id: Option<&ExternalId>,
+    ) -> Result<UserPage, ProviderError> {
+        let mut url = collection_url(&self.base);
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("startIndex", &start_index.to_string())
+                .append_pair("count", &count.to_string());
+            if let Some(external_id) = external_id {
+                query.append_pair("filter", &external_id_filter(external_id));
+            }
+        }
+        let url = &url;
+        let answer = self
+            .exchange(bearer, Replay::Safe, move || {
+                self.upstream.client.get(url.clone())
+            })
+            .await?;
+        let body: serde_json::Value = answer.json()?;
+        let misdirected = |what: &str| answer.misdirected("SCIM endpoint", what);
+        let list: ListResponse = serde_json::from_value(body)
+            .map_err(|_| misdirected("with something other than a list of users"))?;
+        if list.resources.len() > count as usize {
+            return Err(misdirected("with more users than asked for"));
+        }
+        if list
+            .start_index
+            .is_some_and(|start| start != u64::from(start_index))
+        {
+            return Err(misdirected("with a page starting elsewhere than asked"));
+        }
+        if let Some(external_id) = external_id {
+            if list
+                .resources
+                .iter()
+                .any(|user| user.external_id != external_id.as_str())
+            {
+                return Err(misdirected("with users the filter excludes"));
+            }
+        }
+        let seen = u64::from(start_index) - 1 + list.resources.len() as u64;
+        let next_start_index = (!list.resources.is_empty() && seen < list.total_results)
+            .then(|| u32::try_from(seen + 1).ok())
+            .flatten();
+        Ok(UserPage {
+            users: list.resources.into_iter().map(User::from).collect(),
+            next_start_index,
+        })
+    }
+
+    /// Sends a request and returns its 2xx answer, or the error it reports.
+    async fn exchange(
+        &self,
+        bearer: &str,
+        replay: Replay,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Answer, ProviderError> {
+        let request = &request;
+        self.upstream
+            .call(replay, move || async move {
+                let request = request()
+                    .header(AUTHORIZATION, format!("Bearer {bearer}"))
+                    .header(ACCEPT, "application/scim+json, application/json");
+                let answer = self.upstream.send(request, "scim").await?;
+                if answer.is_success() {
+                    Ok(answer)
+                } else {
+                    Err(Self::failure(&answer))
+                }
+            })
+            .await
+    }
+
     /// Sends a request answered by one user: `asked`, when its id is known.
     async fn send(
         &self,
@@ -213,19 +335,24 @@ impl ScimClient {
                     )
                 });
         }
+        Err(Self::failure(answer))
+    }
+
+    /// The error a non-2xx answer reports.
+    fn failure(answer: &Answer) -> ProviderError {
         if answer.status == 429 {
-            return Err(answer.rate_limited(None));
+            return answer.rate_limited(None);
         }
         // 408: the provider tired of waiting for the request, like a timeout.
         if answer.status == 408 || answer.status >= 500 {
-            return Err(answer.unexpected());
+            return answer.unexpected();
         }
         let error: ScimError = serde_json::from_slice(&answer.body).unwrap_or_default();
-        Err(ProviderError::Scim {
+        ProviderError::Scim {
             status: answer.status,
             scim_type: error.scim_type,
             detail: error.detail,
-        })
+        }
     }
 }
 
@@ -279,6 +406,22 @@ mod tests {
                 (unix, nanos),
                 "{created}"
             );
+        }
+    }
+
+    #[test]
+    fn a_hostile_external_id_stays_one_filter_value() {
+        for (external_id, filter) in [
+            ("customer-1", r#"externalId eq "customer-1""#),
+            (
+                r#"x" or userName pr or externalId eq "y"#,
+                r#"externalId eq "x\" or userName pr or externalId eq \"y""#,
+            ),
+            (r"back\slash", r#"externalId eq "back\\slash""#),
+            ("ünïcødé ✓", r#"externalId eq "ünïcødé ✓""#),
+        ] {
+            let external_id = ExternalId::parse("external_id", external_id).unwrap();
+            assert_eq!(external_id_filter(&external_id), filter);
         }
     }
 

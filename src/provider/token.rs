@@ -110,6 +110,72 @@ impl TokenEndpoint {
         parse_token_answer(&answer, sent_at, requested, self.expiry)
     }
 
+    /// Revokes `token` at the revocation endpoint (RFC 7009), authenticated
+    /// as token requests are (a fresh assertion per attempt). Revoking is
+    /// idempotent, so every failure the retry policy allows is retried.
+    pub async fn revoke(
+        &self,
+        endpoints: &Endpoints,
+        revocation_url: &url::Url,
+        token: &str,
+        hint: Option<TokenTypeHint>,
+    ) -> Result<(), ProviderError> {
+        self.upstream
+            .call(Replay::Safe, move || async move {
+                let (body, basic) = self.revocation_form(endpoints, token, hint)?;
+                let mut request = self
+                    .upstream
+                    .client
+                    .post(revocation_url.clone())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(ACCEPT, "application/json")
+                    .body(body);
+                if let Some(basic) = basic {
+                    request = request.header(AUTHORIZATION, basic);
+                }
+                let answer = self.upstream.send(request, "revocation").await?;
+                parse_revocation_answer(&answer)
+            })
+            .await
+    }
+
+    /// The revocation request's form body and, for Basic, the header value.
+    fn revocation_form(
+        &self,
+        endpoints: &Endpoints,
+        token: &str,
+        hint: Option<TokenTypeHint>,
+    ) -> Result<(String, Option<reqwest::header::HeaderValue>), ProviderError> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", token);
+        if let Some(hint) = hint {
+            form.append_pair("token_type_hint", hint.as_str());
+        }
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let basic = self.authenticate(&mut form, endpoints, now)?;
+        Ok((form.finish(), basic))
+    }
+
+    /// Adds the client's credentials to `form`; for Basic, the header value.
+    fn authenticate(
+        &self,
+        form: &mut form_urlencoded::Serializer<'_, String>,
+        endpoints: &Endpoints,
+        now: i64,
+    ) -> Result<Option<reqwest::header::HeaderValue>, ProviderError> {
+        self.auth
+            .apply(
+                form,
+                &self.client_id,
+                endpoints.token_url.as_str(),
+                endpoints.issuer.as_deref(),
+                now,
+            )
+            .map_err(|e| {
+                ProviderError::unavailable(format!("cannot authenticate the request: {e}"))
+            })
+    }
+
     /// The form body and, for Basic authentication, the header value.
     fn form(
         &self,
@@ -147,19 +213,46 @@ impl TokenEndpoint {
                     .append_pair("refresh_token", refresh_token);
             }
         }
-        let basic = self
-            .auth
-            .apply(
-                &mut form,
-                &self.client_id,
-                endpoints.token_url.as_str(),
-                endpoints.issuer.as_deref(),
-                now,
-            )
-            .map_err(|e| {
-                ProviderError::unavailable(format!("cannot authenticate the request: {e}"))
-            })?;
+        let basic = self.authenticate(&mut form, endpoints, now)?;
         Ok((form.finish(), basic))
+    }
+}
+
+/// RFC 7009's `token_type_hint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenTypeHint {
+    AccessToken,
+    RefreshToken,
+}
+
+impl TokenTypeHint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessToken => "access_token",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// RFC 7009 §2.2: 200 means revoked, or never valid; an error is an RFC
+/// 6749 §5.2 body (`unsupported_token_type`, `invalid_client`, …).
+fn parse_revocation_answer(answer: &Answer) -> Result<(), ProviderError> {
+    if answer.is_success() {
+        return Ok(());
+    }
+    if answer.status == 429 {
+        return Err(answer.rate_limited(ErrorBody::parse(&answer.body).map(|e| e.error)));
+    }
+    if answer.status == 408 || answer.status >= 500 {
+        return Err(answer.unexpected());
+    }
+    match ErrorBody::parse(&answer.body) {
+        Some(body) => Err(ProviderError::OAuth {
+            status: answer.status,
+            error: body.error,
+            description: body.error_description,
+        }),
+        None => Err(answer.misdirected("revocation endpoint", "without an OAuth error code")),
     }
 }
 
@@ -474,6 +567,29 @@ mod tests {
         }
         let expired = format!(r#"{{"access_token":"t","expires_at":{}}}"#, now() - 10);
         assert!(parse(&answer(200, &expired), now()).is_err());
+    }
+
+    #[test]
+    fn revocation_answers_are_classified() {
+        assert!(parse_revocation_answer(&answer(200, "")).is_ok());
+        let refused = parse_revocation_answer(&answer(
+            400,
+            r#"{"error":"unsupported_token_type","error_description":"structured tokens cannot be revoked"}"#,
+        ));
+        assert!(
+            matches!(refused, Err(ProviderError::OAuth { ref error, .. }) if error == "unsupported_token_type")
+        );
+        assert!(matches!(
+            parse_revocation_answer(&answer(503, "down")),
+            Err(ProviderError::Unavailable {
+                status: Some(503),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_revocation_answer(&answer(404, "")),
+            Err(ProviderError::Misdirected { .. })
+        ));
     }
 
     #[test]

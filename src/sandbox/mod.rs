@@ -10,8 +10,9 @@
 mod moneykit;
 mod oidc;
 mod scim;
+mod users;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,12 +21,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use jsonwebtoken::jwk::JwkSet;
 use tokio::net::TcpListener;
 use url::Url;
 
 use crate::provider::scim::ScimUser;
+use crate::provider::users_api::ConnectionBody;
 use crate::provider::{KeyError, SigningAlgorithm, SigningKey};
 
 /// A client registered at the sandbox, with the public keys its assertions
@@ -96,6 +98,10 @@ pub enum Endpoint {
     Scim,
     Moneykit,
     Jwks,
+    /// The users API (`/users/...`).
+    Users,
+    /// The revocation endpoint.
+    Revocation,
 }
 
 /// Options for [`Sandbox::start`].
@@ -148,6 +154,8 @@ pub const SUPPORTED_SCOPES: &[&str] = &[
     "accounts_details:read",
     "transactions:read:all",
     "categories:read",
+    "user:read",
+    "user:delete",
 ];
 
 struct State {
@@ -187,6 +195,13 @@ struct State {
     moneykit_requests: AtomicU64,
     /// `traceparent` headers received, to check trace propagation.
     traceparents: Mutex<Vec<String>>,
+    /// Each user's bank connections, by user id. Locked after `users`.
+    connections: Mutex<HashMap<String, Vec<ConnectionBody>>>,
+    users_requests: AtomicU64,
+    revocation_requests: AtomicU64,
+    /// The `jti` of every access token revoked (RFC 7009); the SCIM and
+    /// users endpoints refuse them.
+    revoked_access_tokens: Mutex<HashSet<String>>,
 }
 
 impl State {
@@ -207,6 +222,21 @@ impl State {
         }
     }
 
+    /// See [`Sandbox::add_connection`].
+    fn add_connection(&self, user_id: &str, connection: ConnectionBody) -> bool {
+        let users = self.users.lock().expect("users lock");
+        if !users.contains_key(user_id) {
+            return false;
+        }
+        self.connections
+            .lock()
+            .expect("connections lock")
+            .entry(user_id.to_owned())
+            .or_default()
+            .push(connection);
+        true
+    }
+
     /// Keeps a client assertion or request object for [`Sandbox::recent_assertions`].
     fn record_signed(&self, jwt: &str) {
         let mut recent = self.recent_assertions.lock().expect("assertions lock");
@@ -218,6 +248,26 @@ impl State {
 
     fn signing_key(&self) -> Arc<SigningKey> {
         self.signing_key.read().expect("signing key lock").clone()
+    }
+
+    /// Deletes a user with everything that hangs off them: their userName,
+    /// connections and refresh tokens. False when there was no such user.
+    fn remove_user(&self, id: &str) -> bool {
+        let mut users = self.users.lock().expect("users lock");
+        if users.remove(id).is_none() {
+            return false;
+        }
+        self.user_names
+            .lock()
+            .expect("user names lock")
+            .retain(|_, user| user != id);
+        self.connections
+            .lock()
+            .expect("connections lock")
+            .remove(id);
+        drop(users);
+        oidc::revoke_user(self, id);
+        true
     }
 }
 
@@ -270,6 +320,10 @@ impl Sandbox {
             scim_requests: AtomicU64::new(0),
             moneykit_requests: AtomicU64::new(0),
             traceparents: Mutex::default(),
+            connections: Mutex::default(),
+            users_requests: AtomicU64::new(0),
+            revocation_requests: AtomicU64::new(0),
+            revoked_access_tokens: Mutex::default(),
         });
         let app = Router::new()
             .route(
@@ -282,7 +336,20 @@ impl Sandbox {
             .route("/oidc/request", post(oidc::pushed_authorization_request))
             .route("/moneykit/auth/token", post(moneykit::token))
             .route("/scim/users", post(scim::create_user).get(scim::list_users))
-            .route("/scim/users/{id}", get(scim::get_user))
+            .route(
+                "/scim/users/{id}",
+                get(scim::get_user).delete(scim::delete_user),
+            )
+            .route(
+                "/users/{id}",
+                get(users::get_user).delete(users::delete_user),
+            )
+            .route("/users/{id}/connections", get(users::connections))
+            .route(
+                "/users/{id}/connection/{connection_id}",
+                delete(users::delete_connection),
+            )
+            .route("/oidc/revoke", post(oidc::revoke))
             .with_state(state.clone());
         let server = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
@@ -393,6 +460,43 @@ impl Sandbox {
                 id
             })
             .collect()
+    }
+
+    /// Gives `user_id` a bank connection, as connecting a bank through the
+    /// authorization endpoint does; false (and nothing stored) when there
+    /// is no such user.
+    pub fn add_connection(&self, user_id: &str, connection: ConnectionBody) -> bool {
+        self.state.add_connection(user_id, connection)
+    }
+
+    /// The ids of `user_id`'s connections.
+    pub fn connection_ids(&self, user_id: &str) -> Vec<String> {
+        self.state
+            .connections
+            .lock()
+            .expect("connections lock")
+            .get(user_id)
+            .map(|list| list.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the sandbox holds this user.
+    pub fn has_user(&self, user_id: &str) -> bool {
+        self.state
+            .users
+            .lock()
+            .expect("users lock")
+            .contains_key(user_id)
+    }
+
+    /// Requests received at the users API, failed ones included.
+    pub fn users_requests(&self) -> u64 {
+        self.state.users_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests received at the revocation endpoint, failed ones included.
+    pub fn revocation_requests(&self) -> u64 {
+        self.state.revocation_requests.load(Ordering::SeqCst)
     }
 
     /// The last client assertions and request objects received (at most

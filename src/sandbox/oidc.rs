@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{Endpoint, ExpiryField, IdTokenFault, SUPPORTED_SCOPES, State, serve_fault};
+use crate::provider::users_api::ConnectionBody;
 use crate::provider::{SigningAlgorithm, SigningKey, find_key};
 use crate::random::random_hex;
 
@@ -34,6 +35,7 @@ pub async fn discovery(AxumState(state): AxumState<Arc<State>>) -> Json<serde_js
         "token_endpoint": state.token_url.as_str(),
         "jwks_uri": format!("{issuer}/certs"),
         "authorization_endpoint": format!("{issuer}/auth"),
+        "revocation_endpoint": format!("{issuer}/revoke"),
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
@@ -403,9 +405,31 @@ fn authorize_request(
         )
             .into_response();
     }
-    let connection_id = requested_value("mh:con_id")
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{}:{}", random_hex::<16>(), random_hex::<8>()));
+    let connection_id = match requested_value("mh:con_id") {
+        Some(existing) => existing.to_owned(),
+        None => {
+            // Connecting a bank makes a connection, which the users API lists.
+            let id = format!("{}:{}", random_hex::<16>(), random_hex::<8>());
+            let now = OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok();
+            state.add_connection(
+                sub,
+                ConnectionBody {
+                    id: id.clone(),
+                    name: "Sandbox Bank".to_owned(),
+                    kind: "test".to_owned(),
+                    connected_on: now.clone(),
+                    last_updated: now,
+                    expires_at: None,
+                    account_ids: Vec::new(),
+                    status: "ok".to_owned(),
+                    error: None,
+                },
+            );
+            id
+        }
+    };
     let (Some(redirect_uri), Ok(mut location)) = (
         text("redirect_uri"),
         url::Url::parse(text("redirect_uri").unwrap_or_default()),
@@ -839,12 +863,78 @@ pub fn verify_access_token(state: &State, token: &str) -> Option<AccessTokenClai
     let mut validation = Validation::new(Algorithm::ES256);
     validation.validate_aud = false;
     validation.set_issuer(&[state.issuer.as_str()]);
-    decode::<AccessTokenClaims>(token, &key, &validation)
-        .ok()
-        .map(|data| data.claims)
+    let claims = decode::<AccessTokenClaims>(token, &key, &validation)
+        .ok()?
+        .claims;
+    let revoked = state.revoked_access_tokens.lock().expect("revoked lock");
+    (!revoked.contains(&claims.jti)).then_some(claims)
 }
 
 /// 12 random bytes in hex: the shape of Moneyhub's (MongoDB) ids.
 pub fn random_id() -> String {
     random_hex::<12>()
+}
+
+/// Drops every refresh token issued for `sub`: the user was deleted.
+pub fn revoke_user(state: &State, sub: &str) {
+    state
+        .refresh_tokens
+        .lock()
+        .expect("refresh lock")
+        .retain(|_, grant| grant.sub != sub);
+}
+
+/// The revocation endpoint (RFC 7009): the client authenticates as at the
+/// token endpoint; a refresh token of this client stops working at once,
+/// an access token (by its `jti`) at the SCIM and users endpoints. An
+/// unknown token, or another client's, is answered 200 and left alone
+/// (§2.2).
+pub async fn revoke(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    state.revocation_requests.fetch_add(1, Ordering::SeqCst);
+    state.record_traceparent(&headers);
+    if let Some(response) = serve_fault(&state, Endpoint::Revocation).await {
+        return response;
+    }
+    let client_id = match authenticate_client(&state, &form) {
+        Ok(client_id) => client_id,
+        Err(reason) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", reason),
+    };
+    let Some(token) = form.get("token").filter(|token| !token.is_empty()) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is required",
+        );
+    };
+    match form.get("token_type_hint").map(String::as_str) {
+        None | Some("access_token" | "refresh_token") => {}
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_token_type",
+                "token_type_hint must be access_token or refresh_token",
+            );
+        }
+    }
+    {
+        let mut refresh_tokens = state.refresh_tokens.lock().expect("refresh lock");
+        if refresh_tokens
+            .get(token)
+            .is_some_and(|grant| grant.client_id == client_id)
+        {
+            refresh_tokens.remove(token);
+        }
+    }
+    if let Some(claims) = verify_access_token(&state, token).filter(|c| c.client_id == client_id) {
+        state
+            .revoked_access_tokens
+            .lock()
+            .expect("revoked lock")
+            .insert(claims.jti);
+    }
+    StatusCode::OK.into_response()
 }

@@ -1,10 +1,11 @@
 //! The sandbox's SCIM 2.0 users, validated as Moneyhub validates them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State as AxumState};
+use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
@@ -200,8 +201,41 @@ pub async fn get_user(
     }
 }
 
-/// `GET /scim/users`: every user, as an RFC 7644 §3.4.2 ListResponse.
-pub async fn list_users(AxumState(state): AxumState<Arc<State>>, headers: HeaderMap) -> Response {
+/// `DELETE /scim/users/{id}`: RFC 7644 §3.6, 204 once deleted. Deletes
+/// what the users API's delete does (connections, refresh tokens) too.
+pub async fn delete_user(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    state.scim_requests.fetch_add(1, Ordering::SeqCst);
+    state.record_traceparent(&headers);
+    if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
+        return response;
+    }
+    if let Some(response) = refusal(&state, &headers, "scim_user:write") {
+        return response;
+    }
+    if state.remove_user(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        scim_error(StatusCode::NOT_FOUND, None, "no such user")
+    }
+}
+
+/// The largest page served, whatever `count` asks (RFC 7644 §3.4.2.4 lets
+/// a server cap it).
+const MAX_PAGE: usize = 200;
+
+/// `GET /scim/users`: an RFC 7644 §3.4.2 ListResponse, paged by the
+/// 1-based `startIndex` and `count` (§3.4.2.4), in a stable order (by id),
+/// filtered by `filter=externalId eq "<JSON string>"`, the one filter the
+/// sandbox understands (others: 400 `invalidFilter`).
+pub async fn list_users(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     state.scim_requests.fetch_add(1, Ordering::SeqCst);
     state.record_traceparent(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
@@ -210,14 +244,64 @@ pub async fn list_users(AxumState(state): AxumState<Arc<State>>, headers: Header
     if let Some(response) = refusal(&state, &headers, "scim_user:read") {
         return response;
     }
+    let number = |name: &str, default: usize| match params.get(name) {
+        None => Some(default),
+        Some(value) => value.parse::<usize>().ok(),
+    };
+    let (Some(start_index), Some(count)) = (number("startIndex", 1), number("count", MAX_PAGE))
+    else {
+        return scim_error(
+            StatusCode::BAD_REQUEST,
+            Some("invalidValue"),
+            "startIndex and count must be non-negative integers",
+        );
+    };
+    let external_id = match params
+        .get("filter")
+        .map(|filter| external_id_filter(filter))
+    {
+        None => None,
+        Some(Some(external_id)) => Some(external_id),
+        Some(None) => {
+            return scim_error(
+                StatusCode::BAD_REQUEST,
+                Some("invalidFilter"),
+                "the sandbox understands only externalId eq \"...\"",
+            );
+        }
+    };
     let users = state.users.lock().expect("users lock");
-    let resources: Vec<&ScimUser> = users.values().collect();
+    let mut matching: Vec<&ScimUser> = users
+        .values()
+        .filter(|user| {
+            external_id
+                .as_ref()
+                .is_none_or(|id| user.external_id == *id)
+        })
+        .collect();
+    matching.sort_by(|a, b| a.id.cmp(&b.id));
+    let page: Vec<&ScimUser> = matching
+        .iter()
+        .skip(start_index.max(1) - 1)
+        .take(count.min(MAX_PAGE))
+        .copied()
+        .collect();
     let body = serde_json::json!({
         "schemas": [SCIM_LIST_SCHEMA],
-        "totalResults": resources.len(),
-        "startIndex": 1,
-        "itemsPerPage": resources.len(),
-        "Resources": resources,
+        "totalResults": matching.len(),
+        "startIndex": start_index.max(1),
+        "itemsPerPage": page.len(),
+        "Resources": page,
     });
     scim_json(StatusCode::OK, &body)
+}
+
+/// The value of `externalId eq "<value>"`, the value a JSON string.
+fn external_id_filter(filter: &str) -> Option<String> {
+    let (attribute, rest) = filter.trim().split_once(char::is_whitespace)?;
+    let (operator, value) = rest.trim_start().split_once(char::is_whitespace)?;
+    if !attribute.eq_ignore_ascii_case("externalId") || !operator.eq_ignore_ascii_case("eq") {
+        return None;
+    }
+    serde_json::from_str::<String>(value.trim()).ok()
 }

@@ -318,6 +318,7 @@ fn now_ms() -> i64 {
 fn cached(provider: &str, access_token: &str) -> bankauth::cache::CachedToken {
     bankauth::cache::CachedToken {
         provider: provider.into(),
+        owner: None,
         token: bankauth::domain::AccessToken {
             access_token: access_token.into(),
             token_type: "Bearer".into(),

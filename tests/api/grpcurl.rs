@@ -147,6 +147,69 @@ async fn grpcurl_calls_every_rpc_with_json() {
     )
     .await;
     assert!(refreshed["tokenSet"]["accessToken"].is_string());
+
+    // The user's lifecycle: the connection made above is listed, then removed.
+    let listed = call(&app, "ListUsers", serde_json::json!({"page_size": 10})).await;
+    assert_eq!(listed["users"][0]["id"], id.as_str(), "{listed}");
+    let connection_id = connected["tokenSet"]["idTokenClaims"]["connectionId"].clone();
+    let connections = call(
+        &app,
+        "ListUserConnections",
+        serde_json::json!({"user_id": id}),
+    )
+    .await;
+    assert_eq!(
+        connections["connections"][0]["id"], connection_id,
+        "{connections}"
+    );
+    call(
+        &app,
+        "DeleteUserConnection",
+        serde_json::json!({"user_id": id, "connection_id": connection_id}),
+    )
+    .await;
+    let connections = call(
+        &app,
+        "ListUserConnections",
+        serde_json::json!({"user_id": id}),
+    )
+    .await;
+    assert_eq!(connections, serde_json::json!({}), "none left");
+
+    let refresh_token = refreshed["tokenSet"]["refreshToken"].as_str().unwrap();
+    call(
+        &app,
+        "RevokeToken",
+        serde_json::json!({"token": refresh_token, "token_type_hint": "TOKEN_TYPE_HINT_REFRESH_TOKEN"}),
+    )
+    .await;
+    let (ok, _, stderr) = grpcurl(
+        &app,
+        &[
+            "-d",
+            &serde_json::json!({"refresh_token": refresh_token}).to_string(),
+        ],
+        &["bankauth.v1.AuthService/RefreshToken"],
+    )
+    .await;
+    assert!(!ok && stderr.contains("invalid_grant"), "{stderr}");
+
+    let invalidated = call(
+        &app,
+        "InvalidateToken",
+        serde_json::json!({"access_token": widget["token"]["accessToken"]}),
+    )
+    .await;
+    assert_eq!(invalidated["invalidated"], true);
+
+    call(&app, "DeleteUser", serde_json::json!({"user_id": id})).await;
+    let (ok, _, stderr) = grpcurl(
+        &app,
+        &["-d", &serde_json::json!({"user_id": id}).to_string()],
+        &["bankauth.v1.AuthService/GetUser"],
+    )
+    .await;
+    assert!(!ok && stderr.contains("Code: NotFound"), "{stderr}");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod examples;
 mod grpcurl;
 mod helpers;
 mod interop;
+mod lifecycle;
 mod operations;
 mod process;
 mod providers;

@@ -81,15 +81,14 @@ async fn reusing_an_external_id_with_other_details_is_already_exists() {
 async fn an_external_id_taken_at_the_provider_by_someone_else_is_already_exists() {
     let upstream = start_upstream().await;
     // Two replicas with separate in-process caches: the second does not know
-    // the first created the user, so the provider's SCIM 409 decides.
+    // the first created the user, so the provider's SCIM 409 decides, and
+    // the user it finds by external id has other details.
     let mut a = spawn_app_with(upstream.clone(), |_| {}).await;
     let mut b = spawn_app_with(upstream, |_| {}).await;
     a.create_user("customer-1").await;
-    let status = b
-        .client
-        .create_user(new_user("customer-1"))
-        .await
-        .unwrap_err();
+    let mut other = new_user("customer-1");
+    other.emails[0].value = "someone-else@example.com".into();
+    let status = b.client.create_user(other).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
     assert_eq!(error_info(&status).metadata["upstream_error"], "uniqueness");
 }

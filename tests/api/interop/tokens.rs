@@ -392,3 +392,63 @@ async fn scopes_the_provider_does_not_grant_are_never_reported_as_granted() {
     );
     assert_eq!(it.client_credentials_calls().await, 2);
 }
+
+#[tokio::test]
+async fn a_refresh_token_revoked_at_the_provider_no_longer_refreshes() {
+    let mut it = Interop::start().await;
+    let code = it.code("nonce-1").await;
+    let set = it.exchange(exchange_request(&code, "nonce-1")).await;
+    let set = ok(set.map(tonic::Response::new), "ExchangeAuthorizationCode");
+    ok(
+        it.bankauth
+            .client
+            .revoke_token(pb::RevokeTokenRequest {
+                provider: PROVIDER.into(),
+                token: set.refresh_token.clone(),
+                token_type_hint: pb::TokenTypeHint::RefreshToken.into(),
+            })
+            .await,
+        "RevokeToken",
+    );
+    let status = it
+        .bankauth
+        .client
+        .refresh_token(pb::RefreshTokenRequest {
+            provider: PROVIDER.into(),
+            refresh_token: set.refresh_token,
+        })
+        .await
+        .expect_err("a revoked refresh token");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        error_info(&status).metadata["upstream_error"],
+        "invalid_grant"
+    );
+}
+
+/// oidc-provider issues JWT access tokens here, which it cannot revoke:
+/// it answers `unsupported_token_type` (RFC 7009 §2.2.1), and bankauth
+/// keeps serving its cached copy, since the token still works.
+#[tokio::test]
+async fn the_provider_refuses_to_revoke_a_structured_access_token() {
+    let mut it = Interop::start().await;
+    let widget = it.widget(USER, false).await;
+    let status = it
+        .bankauth
+        .client
+        .revoke_token(pb::RevokeTokenRequest {
+            provider: PROVIDER.into(),
+            token: widget.access_token.clone(),
+            token_type_hint: pb::TokenTypeHint::AccessToken.into(),
+        })
+        .await
+        .expect_err("a JWT access token");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "UPSTREAM_REJECTED_REQUEST");
+    assert_eq!(info.metadata["upstream_error"], "unsupported_token_type");
+    assert!(!status.message().contains(&widget.access_token));
+    let again = it.widget(USER, false).await;
+    assert_eq!(again.access_token, widget.access_token, "still cached");
+    assert_eq!(it.client_credentials_calls().await, 1);
+}

@@ -59,6 +59,17 @@ async fn discover_jwks_url(issuer: &str) -> String {
 /// Starts the binary with one Moneyhub provider: tokens from `issuer`,
 /// users at `scim_url`.
 async fn start_bankauth(dir: &Path, issuer: &TokenIssuer, scim_url: &str) -> Bankauth {
+    start_bankauth_of_kind(dir, issuer, scim_url, r#"kind = "moneyhub""#).await
+}
+
+/// As [`start_bankauth`], with the provider's `kind` (and the keys it
+/// needs) written as `kind`.
+async fn start_bankauth_of_kind(
+    dir: &Path,
+    issuer: &TokenIssuer,
+    scim_url: &str,
+    kind: &str,
+) -> Bankauth {
     let config = dir.join(format!("bankauth-{}.toml", crate::helpers::free_port()));
     std::fs::write(
         &config,
@@ -72,7 +83,7 @@ async fn start_bankauth(dir: &Path, issuer: &TokenIssuer, scim_url: &str) -> Ban
             allow_anonymous = true
 
             [providers.moneyhub]
-            kind = "moneyhub"
+            {kind}
             issuer = "{issuer}"
             client_id = "{client_id}"
             private_key_file = "{key}"
@@ -394,9 +405,12 @@ async fn a_retried_create_returns_the_same_user_and_the_peer_holds_one() {
 async fn an_external_id_taken_at_the_peer_is_already_exists() {
     let mut stack = Stack::start().await;
     stack.create(new_user("customer-1")).await;
-    // Another replica, with its own cache: only the peer knows the user.
+    // Another replica, with its own cache: only the peer knows the user,
+    // whose details differ from these.
     let mut other = stack.another_bankauth().await;
-    let result = other.client.create_user(new_user("customer-1")).await;
+    let mut request = new_user("customer-1");
+    request.name.as_mut().unwrap().given_name = "Sam".into();
+    let result = other.client.create_user(request).await;
     let status = stack.err("CreateUser of a taken externalId", result);
     let info = stack.check_error(&status, Code::AlreadyExists, "USER_ALREADY_EXISTS");
     // RFC 7644 §3.3: 409 with scimType "uniqueness".
@@ -602,5 +616,145 @@ async fn a_peer_refusing_bankauths_tokens_is_failed_precondition() {
         ),
         (Some(2), 2, 0),
         "the peer's 401s, requests and users",
+    );
+}
+
+/// A provider with SCIM and no users API: an OAuth 2.0 provider set up as
+/// Moneyhub's identity service is, without its `/users`.
+const SCIM_ONLY: &str = r#"kind = "oauth2"
+            client_auth = "private_key_jwt"
+            send_sub = true
+            expiry_field = "auto""#;
+
+impl Stack {
+    /// bankauth against the peer with a SCIM-only provider: DeleteUser
+    /// goes to SCIM.
+    async fn start_scim_only() -> Self {
+        let mut stack = Self::start().await;
+        stack.bankauth = start_bankauth_of_kind(
+            stack.dir.path(),
+            &stack.issuer,
+            &stack.peer.base_url(),
+            SCIM_ONLY,
+        )
+        .await;
+        stack
+    }
+
+    async fn list(
+        &mut self,
+        page_size: i32,
+        page_token: &str,
+        external_id: &str,
+    ) -> pb::ListUsersResponse {
+        let result = self
+            .bankauth
+            .client
+            .list_users(pb::ListUsersRequest {
+                provider: String::new(),
+                page_size,
+                page_token: page_token.into(),
+                external_id: external_id.into(),
+            })
+            .await;
+        self.ok("ListUsers", result)
+    }
+}
+
+#[tokio::test]
+async fn list_users_pages_through_the_peers_users_each_once() {
+    let mut stack = Stack::start().await;
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(stack.create(new_user(&format!("customer-{n}"))).await.id);
+    }
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = stack.list(2, &token, "").await;
+        pages += 1;
+        stack.check(
+            page.users.len() <= 2,
+            format_args!("page of {}", page.users.len()),
+        );
+        seen.extend(page.users.into_iter().map(|user| user.id));
+        token = page.next_page_token;
+        if token.is_empty() || pages > 5 {
+            break;
+        }
+    }
+    stack.check_eq(pages, 3, "pages of 2 for 5 users");
+    created.sort();
+    seen.sort();
+    stack.check_eq(seen, created, "every user once");
+}
+
+#[tokio::test]
+async fn the_peer_finds_an_external_id_and_a_hostile_one_matches_no_other() {
+    let mut stack = Stack::start().await;
+    let plain = stack.create(new_user("customer-1")).await;
+    stack.create(new_user("customer-2")).await;
+    let hostile = r#"nobody" or externalId eq "customer-1"#;
+    let mut request = new_user("x");
+    request.external_id = hostile.into();
+    let hostile_user = stack.create(request).await;
+    let quoted = r#"a\"b"#;
+    for (external_id, expected) in [
+        ("customer-1", vec![plain.id.clone()]),
+        (hostile, vec![hostile_user.id.clone()]),
+        (r#"customer-1" or "1" eq "1"#, vec![]),
+        (quoted, vec![]),
+        ("nobody", vec![]),
+    ] {
+        let page = stack.list(0, "", external_id).await;
+        let ids: Vec<String> = page.users.into_iter().map(|user| user.id).collect();
+        stack.check_eq(ids, expected, external_id);
+    }
+}
+
+#[tokio::test]
+async fn delete_user_deletes_at_the_peer_over_scim() {
+    let mut stack = Stack::start_scim_only().await;
+    let user = stack.create(new_user("customer-1")).await;
+    let result = stack
+        .bankauth
+        .client
+        .delete_user(pb::DeleteUserRequest {
+            provider: String::new(),
+            user_id: user.id.clone(),
+        })
+        .await;
+    stack.ok("DeleteUser", result);
+    let result = stack.get(&user.id).await;
+    let status = stack.err("GetUser of a deleted user", result);
+    stack.check_error(&status, Code::NotFound, "USER_NOT_FOUND");
+    let stats = stack.peer.requests().await;
+    stack.check_eq(
+        (stats.count("DELETE"), stats.users),
+        (1, 0),
+        "one DELETE, no users left at the peer",
+    );
+    // Its external id is free again, and not remembered: a new user.
+    let again = stack.create(new_user("customer-1")).await;
+    stack.check(again.id != user.id, "a new user");
+}
+
+#[tokio::test]
+async fn a_create_retried_by_a_replica_that_never_knew_the_user_returns_it() {
+    let mut stack = Stack::start().await;
+    let first = stack.create(new_user("customer-1")).await;
+    // A lost answer, then the retry through a replica with an empty cache:
+    // the peer answers 409, and the user found by external id is the one asked for.
+    let mut other = stack.another_bankauth().await;
+    let result = other.client.create_user(new_user("customer-1")).await;
+    let again = stack
+        .ok("CreateUser retried elsewhere", result)
+        .user
+        .expect("a user");
+    stack.check_eq(&again, &first, "the retry's user");
+    let stats = stack.peer.requests().await;
+    stack.check_eq(
+        (stats.statuses.get("409").copied(), stats.users),
+        (Some(1), 1),
+        "the peer's 409 and users",
     );
 }
