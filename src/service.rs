@@ -320,7 +320,9 @@ impl AuthService {
                 ),
             ));
         }
-        if !configured.iter().any(|uri| uri.as_str() == redirect_uri) {
+        // Exactly as configured, as the provider compares it (RFC 9700
+        // §4.1.3): no normalisation that could make two URIs one.
+        if !configured.iter().any(|uri| uri == redirect_uri) {
             return Err(ValidationError::new(
                 "redirect_uri",
                 format!(

@@ -466,3 +466,48 @@ async fn an_oauth2_provider_without_par_gets_the_request_in_the_url() {
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     }
 }
+
+/// A redirect URI is compared with, and sent to the provider as, the text
+/// configured, which is the text registered there: no normalisation (a
+/// trailing `/` added, the case of the scheme changed) on either side.
+#[tokio::test]
+async fn a_redirect_uri_is_used_exactly_as_configured() {
+    const BARE: &str = "http://127.0.0.1";
+    let upstream = start_upstream_with(|client| {
+        let mut options = SandboxOptions::new(vec![client]);
+        options.redirect_uris = vec![BARE.to_owned()];
+        options
+    })
+    .await;
+    let user = upstream.sandbox.seed_users(1).remove(0);
+    let mut app = spawn_app_with(upstream, |config| {
+        let provider = config.providers.values_mut().next().unwrap();
+        provider.redirect_uris = vec![BARE.parse().unwrap()];
+    })
+    .await;
+    let request = |redirect_uri: &str| pb::CreateAuthorizationUrlRequest {
+        redirect_uri: redirect_uri.into(),
+        ..connect(&user, "")
+    };
+    let (created, code) = authorize(&mut app, request(BARE)).await;
+    app.client
+        .exchange_authorization_code(by_state(&created.state, &code))
+        .await
+        .expect("the exchange succeeds");
+    for variant in [
+        "http://127.0.0.1/",
+        "HTTP://127.0.0.1",
+        "http://127.0.0.1:80",
+        "http://127.0.0.1?x=1",
+        "http://127.0.0.1#x",
+        "http://me@127.0.0.1",
+        "http://127.0.0.1/%2e",
+    ] {
+        let status = app
+            .client
+            .create_authorization_url(request(variant))
+            .await
+            .expect_err(variant);
+        assert_invalid(&status, "redirect_uri");
+    }
+}
