@@ -511,3 +511,31 @@ async fn a_redirect_uri_is_used_exactly_as_configured() {
         assert_invalid(&status, "redirect_uri");
     }
 }
+
+/// `expires_in` of the PAR answer is the provider's to choose; however
+/// large, the URL's expire_time stays within the state's 10 minutes.
+#[tokio::test]
+async fn a_huge_pushed_request_lifetime_leaves_the_expiry_at_the_states() {
+    for lifetime in [i64::MAX, 1 << 53] {
+        let upstream = start_upstream_with(|client| {
+            let mut options = SandboxOptions::new(vec![client]);
+            options.pushed_request_lifetime_secs = lifetime;
+            options
+        })
+        .await;
+        let user = upstream.sandbox.seed_users(1).remove(0);
+        let mut app = spawn_app_with(upstream, |_| {}).await;
+        let before = time::OffsetDateTime::now_utc().unix_timestamp();
+        let created = app
+            .client
+            .create_authorization_url(connect(&user, ""))
+            .await
+            .expect("CreateAuthorizationUrl succeeds")
+            .into_inner();
+        let expires = created.expire_time.unwrap().seconds;
+        assert!(
+            (before + 590..=before + 601).contains(&expires),
+            "{lifetime}: {expires} is not the state's 10 minutes from {before}"
+        );
+    }
+}
