@@ -416,12 +416,15 @@ impl AuthService {
                 },
             )
             .await?;
-        let returned = token_set
-            .claims
-            .as_ref()
-            .and_then(|claims| claims.connection_id.as_deref());
-        if let (Some(expected), Some(returned)) = (pending.purpose.connection_id(), returned) {
-            if expected != returned {
+        // A purpose naming a connection asked for it as an essential claim
+        // with that value: an ID token without it, or with another, is not
+        // the connection the caller means to use.
+        if let Some(expected) = pending.purpose.connection_id() {
+            let returned = token_set
+                .claims
+                .as_ref()
+                .and_then(|claims| claims.connection_id.as_deref());
+            if returned != Some(expected) {
                 return Err(id_token_error(provider, IdTokenError::Connection));
             }
         }

@@ -4,7 +4,7 @@
 
 use bankauth::config::{AccessConfig, CallerConfig, ClientAuthMethod, ProviderKind};
 use bankauth::proto::v1 as pb;
-use bankauth::sandbox::{DEFAULT_REDIRECT_URI, SandboxOptions};
+use bankauth::sandbox::{DEFAULT_REDIRECT_URI, IdTokenFault, SandboxOptions};
 use pb::create_authorization_url_request::Purpose;
 use tonic::{Code, Request};
 
@@ -464,6 +464,56 @@ async fn an_oauth2_provider_without_par_gets_the_request_in_the_url() {
         }));
         let status = app.client.create_authorization_url(bank).await.unwrap_err();
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    }
+}
+
+/// The provider's answer is checked against what the state remembered: an
+/// ID token for another user, or for another connection than the one a
+/// re-authorisation named (or none), is refused; the error names the check
+/// and carries none of the flow's secrets.
+#[tokio::test]
+async fn an_id_token_for_another_user_or_connection_is_refused() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("mixup-1").await;
+    let reauthorize = |user: &str| pb::CreateAuthorizationUrlRequest {
+        purpose: Some(Purpose::ReauthorizeConnection(pb::ReauthorizeConnection {
+            connection_id: "5e2f:01ab".into(),
+        })),
+        ..connect(user, "")
+    };
+    let cases = [
+        (
+            connect(&user, ""),
+            IdTokenFault::Subject("someone-else"),
+            "sub",
+        ),
+        (
+            reauthorize(&user),
+            IdTokenFault::Connection(Some("ffff:0000")),
+            "mh:con_id",
+        ),
+        (
+            reauthorize(&user),
+            IdTokenFault::Connection(None),
+            "mh:con_id",
+        ),
+    ];
+    for (request, fault, check) in cases {
+        let (created, code) = authorize(&mut app, request).await;
+        app.sandbox().fault_next_id_token(fault);
+        let status = app
+            .client
+            .exchange_authorization_code(by_state(&created.state, &code))
+            .await
+            .expect_err(check);
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.reason, "ID_TOKEN_INVALID", "{status:?}");
+        assert_eq!(info.metadata["check"], check, "{status:?}");
+        let shown = format!("{status:?}");
+        for secret in [&created.state, &code] {
+            assert!(!shown.contains(secret.as_str()), "{shown}");
+        }
     }
 }
 
