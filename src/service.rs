@@ -262,13 +262,7 @@ impl AuthService {
         exchange: CodeExchange<'_>,
     ) -> Result<TokenSet, Error> {
         // Refuse before spending the single-use code on a set we could not validate.
-        let endpoints = provider.endpoints();
-        if endpoints.issuer.is_none() || endpoints.jwks_url.is_none() {
-            return Err(unsupported(
-                provider,
-                "cannot validate ID tokens: configure its issuer (with discovery) or issuer and jwks_url",
-            ));
-        }
+        validates_id_tokens(provider)?;
         let response = provider
             .token_set(Grant::AuthorizationCode {
                 code: exchange.code,
@@ -391,6 +385,8 @@ impl AuthService {
         state: &str,
         code: &str,
     ) -> Result<StateExchange, Error> {
+        // Nor spend the state on an exchange that cannot succeed.
+        validates_id_tokens(provider)?;
         let key = AuthorizationKey::new(caller, provider.name(), state);
         let value = self
             .cache
@@ -643,6 +639,18 @@ fn id_token_error(provider: &Provider, source: IdTokenError) -> Error {
         provider: provider.name().to_owned(),
         source,
     }
+}
+
+/// Refuses an exchange whose ID token could not be validated.
+fn validates_id_tokens(provider: &Provider) -> Result<(), Error> {
+    let endpoints = provider.endpoints();
+    if endpoints.issuer.is_none() || endpoints.jwks_url.is_none() {
+        return Err(unsupported(
+            provider,
+            "cannot validate ID tokens: configure its issuer (with discovery) or issuer and jwks_url",
+        ));
+    }
+    Ok(())
 }
 
 fn unsupported(provider: &Provider, reason: impl Into<Cow<'static, str>>) -> Error {

@@ -517,6 +517,33 @@ async fn an_id_token_for_another_user_or_connection_is_refused() {
     }
 }
 
+/// The state is spent by the first exchange that presents it, whatever
+/// the outcome: a code the provider refuses leaves nothing to retry with,
+/// and the flow starts over with a new URL (as the proto and README say).
+#[tokio::test]
+async fn a_failed_exchange_spends_the_state_and_the_flow_starts_over() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("spent-1").await;
+    let (created, code) = authorize(&mut app, connect(&user, "")).await;
+    let status = app
+        .client
+        .exchange_authorization_code(by_state(&created.state, "not-the-code"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).reason, "UPSTREAM_REJECTED_REQUEST");
+    let status = app
+        .client
+        .exchange_authorization_code(by_state(&created.state, &code))
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "state");
+    let (again, code) = authorize(&mut app, connect(&user, "")).await;
+    app.client
+        .exchange_authorization_code(by_state(&again.state, &code))
+        .await
+        .expect("a new URL's state works");
+}
+
 /// A redirect URI is compared with, and sent to the provider as, the text
 /// configured, which is the text registered there: no normalisation (a
 /// trailing `/` added, the case of the scheme changed) on either side.
