@@ -58,11 +58,7 @@ impl DemoUpstream {
         config.private_key_pem = Some(self.client_key_pem.clone());
         config.data_scopes = DEMO_DATA_SCOPES.iter().map(|s| s.to_string()).collect();
         config.application_scopes = vec!["scim_user:read".to_owned()];
-        config.redirect_uris = vec![
-            DEFAULT_REDIRECT_URI
-                .parse()
-                .expect("the sandbox's redirect URI is a URL"),
-        ];
+        config.redirect_uris = vec![DEFAULT_REDIRECT_URI.to_owned()];
         config
     }
 

@@ -275,13 +275,7 @@ impl AuthService {
         exchange: CodeExchange<'_>,
     ) -> Result<TokenSet, Error> {
         // Refuse before spending the single-use code on a set we could not validate.
-        let endpoints = provider.endpoints();
-        if endpoints.issuer.is_none() || endpoints.jwks_url.is_none() {
-            return Err(unsupported(
-                provider,
-                "cannot validate ID tokens: configure its issuer (with discovery) or issuer and jwks_url",
-            ));
-        }
+        validates_id_tokens(provider)?;
         let response = provider
             .token_set(Grant::AuthorizationCode {
                 code: exchange.code,
@@ -333,7 +327,9 @@ impl AuthService {
                 ),
             ));
         }
-        if !configured.iter().any(|uri| uri.as_str() == redirect_uri) {
+        // Exactly as configured, as the provider compares it (RFC 9700
+        // §4.1.3): no normalisation that could make two URIs one.
+        if !configured.iter().any(|uri| uri == redirect_uri) {
             return Err(ValidationError::new(
                 "redirect_uri",
                 format!(
@@ -402,6 +398,8 @@ impl AuthService {
         state: &str,
         code: &str,
     ) -> Result<StateExchange, Error> {
+        // Nor spend the state on an exchange that cannot succeed.
+        validates_id_tokens(provider)?;
         let key = AuthorizationKey::new(caller, provider.name(), state);
         let value = self
             .cache
@@ -427,12 +425,15 @@ impl AuthService {
                 },
             )
             .await?;
-        let returned = token_set
-            .claims
-            .as_ref()
-            .and_then(|claims| claims.connection_id.as_deref());
-        if let (Some(expected), Some(returned)) = (pending.purpose.connection_id(), returned) {
-            if expected != returned {
+        // A purpose naming a connection asked for it as an essential claim
+        // with that value: an ID token without it, or with another, is not
+        // the connection the caller means to use.
+        if let Some(expected) = pending.purpose.connection_id() {
+            let returned = token_set
+                .claims
+                .as_ref()
+                .and_then(|claims| claims.connection_id.as_deref());
+            if returned != Some(expected) {
                 return Err(id_token_error(provider, IdTokenError::Connection));
             }
         }
@@ -807,6 +808,18 @@ fn id_token_error(provider: &Provider, source: IdTokenError) -> Error {
         provider: provider.name().to_owned(),
         source,
     }
+}
+
+/// Refuses an exchange whose ID token could not be validated.
+fn validates_id_tokens(provider: &Provider) -> Result<(), Error> {
+    let endpoints = provider.endpoints();
+    if endpoints.issuer.is_none() || endpoints.jwks_url.is_none() {
+        return Err(unsupported(
+            provider,
+            "cannot validate ID tokens: configure its issuer (with discovery) or issuer and jwks_url",
+        ));
+    }
+    Ok(())
 }
 
 fn unsupported(provider: &Provider, reason: impl Into<Cow<'static, str>>) -> Error {

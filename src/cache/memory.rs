@@ -8,16 +8,19 @@
 //! It has no timers, so an entry past its deadline is never served and is
 //! dropped when next read, or evicted like any other when the tier is full.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache as Bounded;
 
 use super::{AuthorizationKey, CachedToken, TokenKey, UserKey};
 
-/// Most pending authorizations held in process (without Redis). Each is a
-/// few hundred bytes; past this the oldest are evicted, so a caller making
-/// URLs in a loop costs bounded memory (and only spoils its own flows).
+/// Most pending authorizations held in process (without Redis) for one
+/// caller. Each is a few hundred bytes; past this that caller's are
+/// evicted, so a caller making URLs in a loop costs bounded memory and only
+/// spoils its own flows: every caller has its own bound, and callers are
+/// the configured ones.
 const MAX_PENDING_AUTHORIZATIONS: usize = 10_000;
 
 /// SHA-256 of a token (the raw form of [`super::fingerprint`]).
@@ -28,6 +31,9 @@ fn fingerprint(access_token: &str) -> [u8; 32] {
 
 /// A remembered authorization request, and when it expires.
 type Pending = (Arc<Vec<u8>>, Instant);
+
+/// One caller's pending authorizations.
+type CallerAuthorizations = Arc<Bounded<AuthorizationKey, Pending>>;
 
 #[derive(Clone)]
 struct Entry {
@@ -43,8 +49,9 @@ struct Entry {
 pub struct MemoryStore {
     tokens: Arc<Bounded<TokenKey, Entry>>,
     users: Arc<Bounded<UserKey, String>>,
-    /// Pending authorizations: the remembered request, and when it expires.
-    authorizations: Arc<Bounded<AuthorizationKey, Pending>>,
+    /// Pending authorizations by caller: the remembered request, and when
+    /// it expires.
+    authorizations: Arc<Mutex<HashMap<String, CallerAuthorizations>>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -62,7 +69,7 @@ impl MemoryStore {
         Self {
             tokens: Arc::new(Bounded::new(capacity)),
             users: Arc::new(Bounded::new(capacity)),
-            authorizations: Arc::new(Bounded::new(MAX_PENDING_AUTHORIZATIONS)),
+            authorizations: Arc::default(),
         }
     }
 
@@ -136,8 +143,20 @@ impl MemoryStore {
         self.users.remove(key);
     }
 
+    /// The pending authorizations of `key`'s caller.
+    fn caller_authorizations(&self, key: &AuthorizationKey) -> CallerAuthorizations {
+        let mut callers = self
+            .authorizations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        callers
+            .entry(key.caller().to_owned())
+            .or_insert_with(|| Arc::new(Bounded::new(MAX_PENDING_AUTHORIZATIONS)))
+            .clone()
+    }
+
     pub fn put_authorization(&self, key: &AuthorizationKey, value: &[u8], ttl: Duration) {
-        self.authorizations.insert(
+        self.caller_authorizations(key).insert(
             key.clone(),
             (Arc::new(value.to_vec()), Instant::now() + ttl),
         );
@@ -146,7 +165,7 @@ impl MemoryStore {
     /// Removes and returns the pending authorization, unless it expired:
     /// one removal, so two concurrent takers cannot both have it.
     pub fn take_authorization(&self, key: &AuthorizationKey) -> Option<Vec<u8>> {
-        let (_, (value, expires_at)) = self.authorizations.remove(key)?;
+        let (_, (value, expires_at)) = self.caller_authorizations(key).remove(key)?;
         (Instant::now() < expires_at).then(|| value.to_vec())
     }
 }
@@ -194,7 +213,31 @@ mod tests {
             let key = AuthorizationKey::new("caller", "p", &n.to_string());
             store.put_authorization(&key, b"request", Duration::from_secs(60));
         }
-        assert!(store.authorizations.len() <= MAX_PENDING_AUTHORIZATIONS);
+        let key = AuthorizationKey::new("caller", "p", "0");
+        assert!(store.caller_authorizations(&key).len() <= MAX_PENDING_AUTHORIZATIONS);
+    }
+
+    /// Without Redis, a caller making URLs in a loop must not push another
+    /// caller's pending authorizations out of the store.
+    #[test]
+    fn one_caller_filling_the_store_evicts_no_state_of_another() {
+        let store = MemoryStore::new(10);
+        let flood = |from: usize, to: usize| {
+            for n in from..to {
+                let key = AuthorizationKey::new("hostile", "p", &n.to_string());
+                store.put_authorization(&key, b"request", Duration::from_secs(60));
+            }
+        };
+        // The flood runs before and after the victim's URL is made.
+        flood(0, MAX_PENDING_AUTHORIZATIONS);
+        let victim = AuthorizationKey::new("victim", "p", "s");
+        store.put_authorization(&victim, b"request", Duration::from_secs(60));
+        flood(MAX_PENDING_AUTHORIZATIONS, 3 * MAX_PENDING_AUTHORIZATIONS);
+        assert_eq!(
+            store.take_authorization(&victim).as_deref(),
+            Some(&b"request"[..]),
+            "the victim's state survives another caller's flood"
+        );
     }
 
     #[test]

@@ -207,23 +207,36 @@ impl UserKey {
 /// provider and its state, hashed: a state presented by another caller or
 /// for another provider names another key, so it is unknown there and is
 /// not spent; and Redis key names reveal no state.
+/// The caller is kept beside the name so the in-process store can bound
+/// each caller's pending authorizations on its own.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct AuthorizationKey(String);
+pub struct AuthorizationKey {
+    name: String,
+    caller: String,
+}
 
 impl AuthorizationKey {
     pub fn new(caller: &str, provider: &str, state: &str) -> Self {
         let canonical = serde_json::json!([KEY_VERSION, "authorization", caller, provider, state]);
-        Self(keys::authorization(&Sha256::digest(canonical.to_string())))
+        Self {
+            name: keys::authorization(&Sha256::digest(canonical.to_string())),
+            caller: caller.to_owned(),
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    /// The caller that made the authorization (a configured name).
+    pub fn caller(&self) -> &str {
+        &self.caller
     }
 }
 
 impl std::fmt::Debug for AuthorizationKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 

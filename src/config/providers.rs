@@ -169,8 +169,10 @@ pub struct ProviderConfig {
     pub max_token_lifetime_secs: u64,
     /// Where the provider may send a user's browser back after
     /// CreateAuthorizationUrl: callers pick one of these, never a free URL.
+    /// Kept as written: compared with the caller's and sent to the provider
+    /// verbatim, since providers match them as strings.
     #[serde(default)]
-    pub redirect_uris: Vec<Url>,
+    pub redirect_uris: Vec<String>,
     /// oauth2 only: sign the authorization request as a request object
     /// (RFC 9101) with the client key, which must be this algorithm
     /// (`signing_algorithm`). Moneyhub's requests are always signed.

@@ -362,7 +362,11 @@ pub async fn authorization_url(
         url.query_pairs_mut()
             .append_pair("client_id", client_id)
             .append_pair("request_uri", &pushed.request_uri);
-        let expires_at = OffsetDateTime::now_utc().unix_timestamp() + pushed.expires_in.max(0);
+        // The provider's number: saturating, so a huge one cannot overflow
+        // (the state's lifetime bounds what the caller is told anyway).
+        let expires_at = OffsetDateTime::now_utc()
+            .unix_timestamp()
+            .saturating_add(pushed.expires_in.max(0));
         return Ok(AuthorizationUrl {
             url,
             expires_at: Some(expires_at),

@@ -56,7 +56,7 @@ pub enum IdTokenError {
     Nonce,
     #[error("the id_token sub is not the user the request named")]
     Subject,
-    #[error("the id_token mh:con_id is not the connection the request named")]
+    #[error("the id_token mh:con_id is missing or not the connection the request named")]
     Connection,
     #[error("the provider's JWKS cannot be fetched: {0}")]
     Jwks(ProviderError),

@@ -283,15 +283,38 @@ pub fn validate(key: &str, config: &ProviderConfig) -> Result<(), ConfigError> {
 fn validate_authorization(key: &str, config: &ProviderConfig) -> Result<(), ConfigError> {
     let invalid =
         |field: &str, reason: String| ConfigError::invalid(format!("{key}.{field}"), reason);
-    for (i, uri) in config.redirect_uris.iter().enumerate() {
-        let field = format!("redirect_uris[{i}]");
-        if !matches!(uri.scheme(), "http" | "https") || uri.host().is_none() {
-            return Err(invalid(&field, "must be an absolute http(s) URL".into()));
+    if !config.redirect_uris.is_empty() {
+        // An authorization needs the discovered authorization endpoint and
+        // the ID token checks of the exchange: Moneyhub always has an
+        // issuer; an oauth2 provider needs one; MoneyKit has no users.
+        let usable = match config.kind {
+            ProviderKind::Moneyhub => true,
+            ProviderKind::Oauth2 => config.issuer.is_some(),
+            ProviderKind::Moneykit => false,
+        };
+        if !usable {
+            return Err(invalid(
+                "redirect_uris",
+                "needs a provider users authorize at: kind \"moneyhub\", or \"oauth2\" with issuer (for discovery)".into(),
+            ));
         }
+    }
+    for (i, text) in config.redirect_uris.iter().enumerate() {
+        let field = format!("redirect_uris[{i}]");
+        let uri = match Url::parse(text) {
+            Ok(uri) if matches!(uri.scheme(), "http" | "https") && uri.host().is_some() => uri,
+            _ => return Err(invalid(&field, "must be an absolute http(s) URL".into())),
+        };
         if uri.fragment().is_some() {
             return Err(invalid(&field, "must not have a fragment".into()));
         }
-        if config.refuses_insecure(uri) {
+        if !uri.username().is_empty() || uri.password().is_some() {
+            return Err(invalid(
+                &field,
+                "must not carry a user name or password".into(),
+            ));
+        }
+        if config.refuses_insecure(&uri) {
             return Err(invalid(
                 &field,
                 format!(
@@ -436,11 +459,37 @@ mod tests {
                 format!("{MINIMAL}\nusers_url = \"ftp://identity.example/users\""),
                 "providers.moneyhub.users_url",
             ),
+            (
+                format!(
+                    "{MINIMAL}\nredirect_uris = [\"https://app.example/cb\", \"https://me:pw@app.example/cb\"]"
+                ),
+                "providers.moneyhub.redirect_uris[1]",
+            ),
         ];
         for (toml, key) in cases {
             let error = check(&toml).unwrap_err().to_string();
             assert!(error.contains(key), "{error:?} does not name {key}");
         }
+    }
+
+    /// Redirect URIs only where CreateAuthorizationUrl can use them: a
+    /// provider with an authorization endpoint (discovered from `issuer`)
+    /// and ID tokens to validate; refused at startup, naming the key.
+    #[test]
+    fn redirect_uris_are_refused_where_no_authorization_can_use_them() {
+        for (kind, issuer) in [(ProviderKind::Moneykit, None), (ProviderKind::Oauth2, None)] {
+            let mut config = ProviderConfig::new(kind, "client");
+            config.issuer = issuer;
+            config.redirect_uris = vec!["https://app.example/cb".parse().unwrap()];
+            let error = validate_authorization("providers.p", &config)
+                .expect_err("refused at startup")
+                .to_string();
+            assert!(error.contains("providers.p.redirect_uris"), "{error}");
+        }
+        let mut config = ProviderConfig::new(ProviderKind::Oauth2, "client");
+        config.issuer = Some("https://auth.example".parse().unwrap());
+        config.redirect_uris = vec!["https://app.example/cb".parse().unwrap()];
+        validate_authorization("providers.p", &config).unwrap();
     }
 
     #[test]

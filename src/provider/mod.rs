@@ -288,7 +288,7 @@ impl Provider {
     }
 
     /// The redirect URIs callers may have the provider send users back to.
-    pub fn redirect_uris(&self) -> &[url::Url] {
+    pub fn redirect_uris(&self) -> &[String] {
         &self.config.redirect_uris
     }
 

@@ -89,6 +89,10 @@ pub enum IdTokenFault {
         other: &'static str,
         azp: Option<&'static str>,
     },
+    /// Validly signed, but for another user (`sub`).
+    Subject(&'static str),
+    /// Validly signed, with this `mh:con_id` (none: the claim left out).
+    Connection(Option<&'static str>),
 }
 
 /// The sandbox endpoints faults can target.
@@ -120,6 +124,8 @@ pub struct SandboxOptions {
     /// Whether discovery advertises the pushed authorization request
     /// endpoint (RFC 9126); off, clients put the request in the URL.
     pub pushed_authorization_requests: bool,
+    /// The `expires_in` the PAR endpoint answers (RFC 9126 §2.2).
+    pub pushed_request_lifetime_secs: i64,
 }
 
 /// The redirect URI the sandbox registers for its clients by default.
@@ -137,6 +143,7 @@ impl SandboxOptions {
             clock_skew_secs: 0,
             redirect_uris: vec![DEFAULT_REDIRECT_URI.to_owned()],
             pushed_authorization_requests: true,
+            pushed_request_lifetime_secs: 60,
         }
     }
 }

@@ -201,8 +201,6 @@ pub struct PushedRequest {
     expires_at: i64,
 }
 
-/// How long a pushed request's `request_uri` works (RFC 9126 §2.2).
-const PUSHED_REQUEST_LIFETIME_SECS: i64 = 60;
 /// The furthest ahead a request object's `exp` may be.
 const MAX_REQUEST_OBJECT_LIFETIME_SECS: i64 = 3600;
 
@@ -246,6 +244,11 @@ pub async fn pushed_authorization_request(
     }
     let request_uri = format!("urn:ietf:params:oauth:request_uri:{}", random_hex::<16>());
     let now = OffsetDateTime::now_utc().unix_timestamp();
+    let lifetime = state
+        .options
+        .lock()
+        .expect("options lock")
+        .pushed_request_lifetime_secs;
     let mut pushed = state.pushed_requests.lock().expect("pushed lock");
     pushed.retain(|_, request| request.expires_at > now);
     pushed.insert(
@@ -253,14 +256,14 @@ pub async fn pushed_authorization_request(
         PushedRequest {
             client_id,
             params,
-            expires_at: now + PUSHED_REQUEST_LIFETIME_SECS,
+            expires_at: now.saturating_add(lifetime),
         },
     );
     (
         StatusCode::CREATED,
         Json(serde_json::json!({
             "request_uri": request_uri,
-            "expires_in": PUSHED_REQUEST_LIFETIME_SECS,
+            "expires_in": lifetime,
         })),
     )
         .into_response()
@@ -749,8 +752,8 @@ struct IdTokenClaims<'a> {
     auth_time: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     nonce: Option<&'a str>,
-    #[serde(rename = "mh:con_id")]
-    connection_id: &'a str,
+    #[serde(rename = "mh:con_id", skip_serializing_if = "Option::is_none")]
+    connection_id: Option<&'a str>,
 }
 
 fn issue(
@@ -814,6 +817,11 @@ fn issue(
             }
             _ => (client_id.into(), None),
         };
+        let (sub, connection_id) = match &fault {
+            Some(IdTokenFault::Subject(other)) => (*other, Some(id_token.connection_id)),
+            Some(IdTokenFault::Connection(other)) => (sub, *other),
+            _ => (sub, Some(id_token.connection_id)),
+        };
         let claims = IdTokenClaims {
             iss: state.issuer.as_str(),
             sub,
@@ -823,7 +831,7 @@ fn issue(
             exp: now + lifetime,
             auth_time: now,
             nonce: id_token.nonce,
-            connection_id: id_token.connection_id,
+            connection_id,
         };
         let signed = match &fault {
             Some(IdTokenFault::UnpublishedKey) => {

@@ -4,7 +4,7 @@
 
 use bankauth::config::{AccessConfig, CallerConfig, ClientAuthMethod, ProviderKind};
 use bankauth::proto::v1 as pb;
-use bankauth::sandbox::{DEFAULT_REDIRECT_URI, SandboxOptions};
+use bankauth::sandbox::{DEFAULT_REDIRECT_URI, IdTokenFault, SandboxOptions};
 use pb::create_authorization_url_request::Purpose;
 use tonic::{Code, Request};
 
@@ -464,5 +464,155 @@ async fn an_oauth2_provider_without_par_gets_the_request_in_the_url() {
         }));
         let status = app.client.create_authorization_url(bank).await.unwrap_err();
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    }
+}
+
+/// The provider's answer is checked against what the state remembered: an
+/// ID token for another user, or for another connection than the one a
+/// re-authorisation named (or none), is refused; the error names the check
+/// and carries none of the flow's secrets.
+#[tokio::test]
+async fn an_id_token_for_another_user_or_connection_is_refused() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("mixup-1").await;
+    let reauthorize = |user: &str| pb::CreateAuthorizationUrlRequest {
+        purpose: Some(Purpose::ReauthorizeConnection(pb::ReauthorizeConnection {
+            connection_id: "5e2f:01ab".into(),
+        })),
+        ..connect(user, "")
+    };
+    let cases = [
+        (
+            connect(&user, ""),
+            IdTokenFault::Subject("someone-else"),
+            "sub",
+        ),
+        (
+            reauthorize(&user),
+            IdTokenFault::Connection(Some("ffff:0000")),
+            "mh:con_id",
+        ),
+        (
+            reauthorize(&user),
+            IdTokenFault::Connection(None),
+            "mh:con_id",
+        ),
+    ];
+    for (request, fault, check) in cases {
+        let (created, code) = authorize(&mut app, request).await;
+        app.sandbox().fault_next_id_token(fault);
+        let status = app
+            .client
+            .exchange_authorization_code(by_state(&created.state, &code))
+            .await
+            .expect_err(check);
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.reason, "ID_TOKEN_INVALID", "{status:?}");
+        assert_eq!(info.metadata["check"], check, "{status:?}");
+        let shown = format!("{status:?}");
+        for secret in [&created.state, &code] {
+            assert!(!shown.contains(secret.as_str()), "{shown}");
+        }
+    }
+}
+
+/// The state is spent by the first exchange that presents it, whatever
+/// the outcome: a code the provider refuses leaves nothing to retry with,
+/// and the flow starts over with a new URL (as the proto and README say).
+#[tokio::test]
+async fn a_failed_exchange_spends_the_state_and_the_flow_starts_over() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("spent-1").await;
+    let (created, code) = authorize(&mut app, connect(&user, "")).await;
+    let status = app
+        .client
+        .exchange_authorization_code(by_state(&created.state, "not-the-code"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).reason, "UPSTREAM_REJECTED_REQUEST");
+    let status = app
+        .client
+        .exchange_authorization_code(by_state(&created.state, &code))
+        .await
+        .unwrap_err();
+    assert_invalid(&status, "state");
+    let (again, code) = authorize(&mut app, connect(&user, "")).await;
+    app.client
+        .exchange_authorization_code(by_state(&again.state, &code))
+        .await
+        .expect("a new URL's state works");
+}
+
+/// A redirect URI is compared with, and sent to the provider as, the text
+/// configured, which is the text registered there: no normalisation (a
+/// trailing `/` added, the case of the scheme changed) on either side.
+#[tokio::test]
+async fn a_redirect_uri_is_used_exactly_as_configured() {
+    const BARE: &str = "http://127.0.0.1";
+    let upstream = start_upstream_with(|client| {
+        let mut options = SandboxOptions::new(vec![client]);
+        options.redirect_uris = vec![BARE.to_owned()];
+        options
+    })
+    .await;
+    let user = upstream.sandbox.seed_users(1).remove(0);
+    let mut app = spawn_app_with(upstream, |config| {
+        let provider = config.providers.values_mut().next().unwrap();
+        provider.redirect_uris = vec![BARE.parse().unwrap()];
+    })
+    .await;
+    let request = |redirect_uri: &str| pb::CreateAuthorizationUrlRequest {
+        redirect_uri: redirect_uri.into(),
+        ..connect(&user, "")
+    };
+    let (created, code) = authorize(&mut app, request(BARE)).await;
+    app.client
+        .exchange_authorization_code(by_state(&created.state, &code))
+        .await
+        .expect("the exchange succeeds");
+    for variant in [
+        "http://127.0.0.1/",
+        "HTTP://127.0.0.1",
+        "http://127.0.0.1:80",
+        "http://127.0.0.1?x=1",
+        "http://127.0.0.1#x",
+        "http://me@127.0.0.1",
+        "http://127.0.0.1/%2e",
+    ] {
+        let status = app
+            .client
+            .create_authorization_url(request(variant))
+            .await
+            .expect_err(variant);
+        assert_invalid(&status, "redirect_uri");
+    }
+}
+
+/// `expires_in` of the PAR answer is the provider's to choose; however
+/// large, the URL's expire_time stays within the state's 10 minutes.
+#[tokio::test]
+async fn a_huge_pushed_request_lifetime_leaves_the_expiry_at_the_states() {
+    for lifetime in [i64::MAX, 1 << 53] {
+        let upstream = start_upstream_with(|client| {
+            let mut options = SandboxOptions::new(vec![client]);
+            options.pushed_request_lifetime_secs = lifetime;
+            options
+        })
+        .await;
+        let user = upstream.sandbox.seed_users(1).remove(0);
+        let mut app = spawn_app_with(upstream, |_| {}).await;
+        let before = time::OffsetDateTime::now_utc().unix_timestamp();
+        let created = app
+            .client
+            .create_authorization_url(connect(&user, ""))
+            .await
+            .expect("CreateAuthorizationUrl succeeds")
+            .into_inner();
+        let expires = created.expire_time.unwrap().seconds;
+        assert!(
+            (before + 590..=before + 601).contains(&expires),
+            "{lifetime}: {expires} is not the state's 10 minutes from {before}"
+        );
     }
 }
