@@ -6,7 +6,7 @@
 // Usage: go run . [ADDRESS]     (default $BANKAUTH_ADDR or 127.0.0.1:50051)
 // Set BANKAUTH_API_KEY to send `authorization: Bearer <key>` (not needed for the demo),
 // and BANKAUTH_REDIRECT_URI to one of the provider's redirect_uris (default: the demo's).
-// The stubs come from proto/ (see run.sh). Tokens are secrets: this prints
+// The stubs are the package buf generate writes to gen/go (see run.sh). Tokens are secrets: this prints
 // their length and scopes, never the tokens themselves.
 package main
 
@@ -27,7 +27,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	pb "bankauth.example/gen/bankauthv1"
+	pb "github.com/bankauth/bankauth/gen/go/bankauth/v1"
 )
 
 func describeToken(rpc string, token *pb.AccessToken) {
@@ -109,6 +109,8 @@ func main() {
 	}
 
 	// grpc.WithTransportCredentials(credentials.NewClientTLSFromFile(...)) when bankauth serves TLS.
+	// Debian's grpc-go is 1.33: with 1.63 or later, write
+	// grpc.NewClient(address, grpc.WithTransportCredentials(insecure.NewCredentials())).
 	conn, err := grpc.Dial(address, grpc.WithInsecure())
 	if err != nil {
 		log.Fatalf("dial %s: %v", address, err)

@@ -22,6 +22,7 @@ use crate::domain::{
 };
 use crate::proto::v1 as pb;
 use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
+use crate::proto::v1::invalidate_token_request::Token as InvalidateForm;
 use crate::provider::{Provider, TokenTypeHint, WIDGET_SCOPE};
 use crate::service::{AuthService, CacheOutcome, CodeExchange, TokenSet};
 use observe::Method;
@@ -241,18 +242,17 @@ impl AuthServiceRpc for AuthApi {
     ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
         self.observe(request, |caller, request| async move {
             let provider = self.provider(caller, &request.provider)?;
-            let fingerprint = match (
-                request.access_token.as_str(),
-                request.access_token_sha256.as_str(),
-            ) {
-                (token, "") if !token.is_empty() => {
+            let fingerprint = match &request.token {
+                Some(InvalidateForm::AccessToken(token)) => {
                     fingerprint(&opaque_value("access_token", token, MAX_ACCESS_TOKEN_LEN)?)
                 }
-                ("", hash) if !hash.is_empty() => sha256_hex("access_token_sha256", hash)?,
-                _ => {
+                Some(InvalidateForm::AccessTokenSha256(hash)) => {
+                    sha256_hex("access_token_sha256", hash)?
+                }
+                None => {
                     return Err(ValidationError::new(
                         "access_token",
-                        "give exactly one of access_token and access_token_sha256",
+                        "give one of access_token and access_token_sha256",
                     )
                     .into());
                 }

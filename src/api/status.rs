@@ -330,6 +330,31 @@ mod tests {
         }
     }
 
+    /// The proto's ErrorReason enum documents every reason for callers: it
+    /// must list exactly `Reason::ALL`, each as its wire string with the
+    /// ERROR_REASON_ prefix, beside ERROR_REASON_UNSPECIFIED.
+    #[test]
+    fn the_proto_error_reason_enum_lists_every_reason() {
+        use prost::Message;
+        let files =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let in_proto: std::collections::BTreeSet<String> = files
+            .file
+            .iter()
+            .filter(|file| file.package() == "bankauth.v1")
+            .flat_map(|file| &file.enum_type)
+            .filter(|enumeration| enumeration.name() == "ErrorReason")
+            .flat_map(|enumeration| &enumeration.value)
+            .map(|value| value.name().to_owned())
+            .collect();
+        let expected: std::collections::BTreeSet<String> = Reason::ALL
+            .iter()
+            .map(|reason| format!("ERROR_REASON_{}", reason.as_str()))
+            .chain(["ERROR_REASON_UNSPECIFIED".to_owned()])
+            .collect();
+        assert_eq!(in_proto, expected);
+    }
+
     #[test]
     fn a_hint_follows_the_message_and_the_reason_is_in_the_error_info() {
         let status = Reason::UpstreamRejectedCredentials.status(

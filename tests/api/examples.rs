@@ -345,25 +345,33 @@ async fn node_example_calls_every_rpc_and_decodes_error_details() {
     let install = "Install Node.js (`apt-get install nodejs npm`) and the example's packages with \
                    `npm ci` in examples/node (scripts/test does this).";
     require("node", &["--version"], install).await;
-    assert!(
-        example_dir("node")
-            .join("node_modules/@grpc/grpc-js")
-            .is_dir(),
-        "examples/node/node_modules is missing: {install}"
-    );
+    for package in ["@grpc/grpc-js", "typescript"] {
+        assert!(
+            example_dir("node")
+                .join("node_modules")
+                .join(package)
+                .is_dir(),
+            "examples/node/node_modules/{package} is missing: {install}"
+        );
+    }
     let mut bankauth = Bankauth::start().await;
-    let stdout = run_example(&bankauth, "node", "node", &["client.js"], install).await;
+    // run.sh generates the types, type-checks and compiles, then runs the client.
+    let stdout = run_example(&bankauth, "node", "sh", &["run.sh"], install).await;
     check_output(&mut bankauth, "node", &stdout).await;
 }
 
 #[tokio::test]
 async fn go_example_calls_every_rpc_and_decodes_error_details() {
-    let install = "Install Go, protoc, its Go plugins and the gRPC sources (Debian) with \
+    let install = "Install Go, the protoc Go plugins and the gRPC sources (Debian) with \
                    `apt-get install golang-go golang-github-golang-protobuf-1-5-dev \
-                   golang-google-grpc-dev golang-google-genproto-dev protobuf-compiler \
-                   protoc-gen-go protoc-gen-go-grpc` (scripts/test does this).";
+                   golang-google-grpc-dev golang-google-genproto-dev \
+                   protoc-gen-go protoc-gen-go-grpc`, buf with \
+                   `npm install -g @bufbuild/buf@1.75.0` (or set BUF to its path) and \
+                   grpcio-tools (the Python example's requirements) (scripts/test does all this).";
     require("go", &["version"], install).await;
-    require("protoc", &["--version"], install).await;
+    let buf = std::env::var("BUF").unwrap_or_else(|_| "buf".to_owned());
+    require(&buf, &["--version"], install).await;
+    require("python3", &["-c", "import grpc_tools.protoc"], install).await;
     require("protoc-gen-go", &["--version"], install).await;
     require("protoc-gen-go-grpc", &["--version"], install).await;
     for package in [

@@ -194,8 +194,9 @@ async fn an_invalidation_reaches_every_replica_process_on_a_cluster() {
         .clone()
         .invalidate_token(pb::InvalidateTokenRequest {
             provider: String::new(),
-            access_token: revoked.access_token.clone(),
-            access_token_sha256: String::new(),
+            token: Some(pb::invalidate_token_request::Token::AccessToken(
+                revoked.access_token.clone(),
+            )),
         })
         .await
         .unwrap()

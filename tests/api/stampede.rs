@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bankauth::proto::v1 as pb;
+use bankauth::proto::v1::invalidate_token_request::Token;
 use bankauth::sandbox::{Endpoint, Fault};
 use futures::future::join_all;
 use jsonwebtoken::dangerous::insecure_decode_claims;
@@ -370,18 +371,14 @@ async fn invalidation_drops_only_the_named_providers_token() {
     let token = widget("sandbox").await;
     let calls = app.sandbox().token_requests();
     // Rights over "other" do not reach "sandbox"'s token, even by its hash.
-    for (access_token, access_token_sha256) in [
-        (token.access_token.clone(), String::new()),
-        (
-            String::new(),
-            crate::helpers::sha256_hex(&token.access_token),
-        ),
+    for form in [
+        Token::AccessToken(token.access_token.clone()),
+        Token::AccessTokenSha256(crate::helpers::sha256_hex(&token.access_token)),
     ] {
         let invalidated = client
             .invalidate_token(pb::InvalidateTokenRequest {
                 provider: "other".into(),
-                access_token,
-                access_token_sha256,
+                token: Some(form),
             })
             .await
             .unwrap()
@@ -411,8 +408,7 @@ async fn an_invalidation_redis_cannot_record_is_unavailable_not_reported_done() 
         .client
         .invalidate_token(pb::InvalidateTokenRequest {
             provider: String::new(),
-            access_token: revoked.access_token.clone(),
-            access_token_sha256: String::new(),
+            token: Some(Token::AccessToken(revoked.access_token.clone())),
         })
         .await
         .unwrap_err();
@@ -463,23 +459,70 @@ async fn force_refresh_replaces_the_cached_token() {
 }
 
 #[tokio::test]
-async fn invalidation_needs_exactly_one_form_of_the_token() {
+async fn invalidation_needs_one_well_formed_form_of_the_token() {
     let mut app = spawn_app().await;
-    for (access_token, access_token_sha256, field) in [
-        ("", "", "access_token"),
-        ("t", "00", "access_token"),
-        ("", "XYZ", "access_token_sha256"),
+    for (token, field) in [
+        (None, "access_token"),
+        (Some(Token::AccessToken(String::new())), "access_token"),
+        (
+            Some(Token::AccessTokenSha256("XYZ".into())),
+            "access_token_sha256",
+        ),
     ] {
         let status = app
             .client
             .invalidate_token(pb::InvalidateTokenRequest {
                 provider: String::new(),
-                access_token: access_token.into(),
-                access_token_sha256: access_token_sha256.into(),
+                token,
             })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(crate::helpers::error_info(&status).metadata["field"], field);
+    }
+}
+
+/// InvalidateTokenRequest before its two forms became a oneof.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PlainInvalidateTokenRequest {
+    #[prost(string, tag = "1")]
+    provider: String,
+    #[prost(string, tag = "2")]
+    access_token: String,
+    #[prost(string, tag = "3")]
+    access_token_sha256: String,
+}
+
+#[test]
+fn the_invalidation_oneof_keeps_the_wire_format() {
+    use prost::Message;
+    let hash = crate::helpers::sha256_hex("t");
+    for (plain, token) in [
+        (
+            PlainInvalidateTokenRequest {
+                provider: "p".into(),
+                access_token: "t".into(),
+                access_token_sha256: String::new(),
+            },
+            Token::AccessToken("t".into()),
+        ),
+        (
+            PlainInvalidateTokenRequest {
+                provider: "p".into(),
+                access_token: String::new(),
+                access_token_sha256: hash.clone(),
+            },
+            Token::AccessTokenSha256(hash.clone()),
+        ),
+    ] {
+        let form = pb::InvalidateTokenRequest {
+            provider: "p".into(),
+            token: Some(token),
+        };
+        assert_eq!(plain.encode_to_vec(), form.encode_to_vec());
+        assert_eq!(
+            pb::InvalidateTokenRequest::decode(&*plain.encode_to_vec()).unwrap(),
+            form
+        );
     }
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bankauth::config::Config;
 use bankauth::demo::DemoUpstream;
 use bankauth::proto::v1::auth_service_client::AuthServiceClient;
+use bankauth::proto::v1::invalidate_token_request::Token;
 use bankauth::proto::v1::{self as pb};
 use bankauth::sandbox::{RegisteredClient, SandboxOptions};
 use bankauth::server::Application;
@@ -125,16 +126,15 @@ impl TestApp {
 
     /// InvalidateToken by the token itself or (`by_hash`) by its SHA-256.
     pub async fn invalidate(&mut self, token: &str, by_hash: bool) -> bool {
-        let (access_token, access_token_sha256) = if by_hash {
-            (String::new(), sha256_hex(token))
+        let token = if by_hash {
+            Token::AccessTokenSha256(sha256_hex(token))
         } else {
-            (token.to_owned(), String::new())
+            Token::AccessToken(token.to_owned())
         };
         self.client
             .invalidate_token(pb::InvalidateTokenRequest {
                 provider: String::new(),
-                access_token,
-                access_token_sha256,
+                token: Some(token),
             })
             .await
             .expect("InvalidateToken succeeds")

@@ -253,8 +253,9 @@ async fn force_refresh_and_invalidate_token_each_cost_one_new_provider_call() {
             .client
             .invalidate_token(pb::InvalidateTokenRequest {
                 provider: PROVIDER.into(),
-                access_token: String::new(),
-                access_token_sha256: sha256_hex(&forced.access_token),
+                token: Some(pb::invalidate_token_request::Token::AccessTokenSha256(
+                    sha256_hex(&forced.access_token),
+                )),
             })
             .await,
         "InvalidateToken",
