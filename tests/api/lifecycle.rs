@@ -794,3 +794,45 @@ async fn a_caller_whose_policy_lacks_the_provider_is_permission_denied() {
     assert_eq!(app.sandbox().users_requests(), 0);
     assert_eq!(app.sandbox().revocation_requests(), 0);
 }
+
+#[tokio::test]
+async fn a_user_under_another_subtenant_is_not_returned_as_the_one_asked_for() {
+    let upstream = start_upstream().await;
+    let under = |provider_id: Option<&str>| {
+        let mut request = new_user("customer-1");
+        request.subtenant = provider_id.map(|id| pb::Subtenant {
+            name: "Branch".into(),
+            provider_id: id.into(),
+        });
+        request
+    };
+    let mut first = spawn_app_with(upstream.clone(), |_| {}).await;
+    let created = first
+        .client
+        .create_user(under(Some("sub-a")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    // The replica that remembers the user, and a fresh one that finds it
+    // by external id after the 409: the same name and email under another
+    // subtenant (or none) is not the user asked for.
+    let mut fresh = spawn_app_with(upstream.clone(), |_| {}).await;
+    for app in [&mut first, &mut fresh] {
+        for other in [Some("sub-b"), None] {
+            let status = app.client.create_user(under(other)).await.unwrap_err();
+            assert_status(&status, Code::AlreadyExists, "USER_ALREADY_EXISTS");
+        }
+    }
+    let retried = fresh
+        .client
+        .create_user(under(Some("sub-a")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(retried.id, created.id);
+    assert_eq!(upstream.sandbox.user_count(), 1);
+}
