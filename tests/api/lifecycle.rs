@@ -836,3 +836,33 @@ async fn a_user_under_another_subtenant_is_not_returned_as_the_one_asked_for() {
     assert_eq!(retried.id, created.id);
     assert_eq!(upstream.sandbox.user_count(), 1);
 }
+
+/// The revocation endpoint has a breaker of its own: callers revoking while
+/// it fails must not open the one that token issuance goes through.
+#[tokio::test]
+async fn a_failing_revocation_endpoint_does_not_stop_token_issuance() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        let provider = c.providers.get_mut("sandbox").unwrap();
+        provider.retry_max_attempts = 1;
+        provider.breaker_failure_threshold = 2;
+    })
+    .await;
+    let user = app.create_user("customer-1").await;
+    for _ in 0..10 {
+        app.sandbox()
+            .fail_next(Endpoint::Revocation, Fault::Status(503));
+    }
+    for reason in [
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_CIRCUIT_OPEN",
+    ] {
+        let status = app
+            .client
+            .revoke_token(revoke("some-token", pb::TokenTypeHint::Unspecified))
+            .await
+            .unwrap_err();
+        assert_eq!(error_info(&status).reason, reason, "{status:?}");
+    }
+    app.widget_token(&user).await.unwrap();
+}
