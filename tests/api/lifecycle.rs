@@ -866,3 +866,57 @@ async fn a_failing_revocation_endpoint_does_not_stop_token_issuance() {
     }
     app.widget_token(&user).await.unwrap();
 }
+
+/// The sizes of the per-user token indexes in Redis.
+fn token_index_sizes(redis: &RedisServer) -> Vec<usize> {
+    let mut connection = redis.client().get_connection().unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("bankauth:*:user-tokens:*")
+        .query(&mut connection)
+        .unwrap();
+    names
+        .iter()
+        .map(|name| {
+            let kind: String = redis::cmd("TYPE").arg(name).query(&mut connection).unwrap();
+            let count = if kind == "zset" { "ZCARD" } else { "SCARD" };
+            redis::cmd(count).arg(name).query(&mut connection).unwrap()
+        })
+        .collect()
+}
+
+/// An active user's tokens are refreshed for ever, each refresh pushing
+/// the index's expiry out: the index must drop the tokens no longer served
+/// rather than grow by one per refresh.
+#[tokio::test]
+async fn a_users_token_index_holds_only_live_tokens_however_often_they_are_refreshed() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| use_redis(c, &redis)).await;
+    let user = app.create_user("customer-1").await;
+    // A long-lived token keeps the index alive…
+    app.data_token(&user, &["accounts:read"]).await.unwrap();
+    // …while short-lived ones come and go.
+    app.sandbox().set_token_lifetime(Duration::from_secs(3));
+    for _ in 0..5 {
+        app.client
+            .issue_widget_token(pb::IssueWidgetTokenRequest {
+                provider: String::new(),
+                user_id: user.clone(),
+                force_refresh: true,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(token_index_sizes(&redis), [6]);
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let live = app.widget_token(&user).await.unwrap();
+    assert_eq!(
+        token_index_sizes(&redis),
+        [2],
+        "the data token and the live widget token"
+    );
+
+    app.client.delete_user(delete(&user)).await.unwrap();
+    assert!(token_index_sizes(&redis).is_empty());
+    assert_ne!(app.widget_token(&user).await.ok(), Some(live));
+}
