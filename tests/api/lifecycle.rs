@@ -920,3 +920,35 @@ async fn a_users_token_index_holds_only_live_tokens_however_often_they_are_refre
     assert!(token_index_sizes(&redis).is_empty());
     assert_ne!(app.widget_token(&user).await.ok(), Some(live));
 }
+
+/// Redis unreachable during DeleteUser: the deletion stands, the caller is
+/// told the cache could not be, and a retry (NOT_FOUND) still sweeps.
+#[tokio::test]
+async fn a_delete_while_redis_is_down_says_so_and_a_retry_sweeps_every_replica() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut a = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let mut b = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let (user, widget) = user_with_token(&mut a, "customer-1").await;
+    assert_eq!(b.widget_token(&user).await.unwrap(), widget);
+    // The SCIM token DeleteUser reads the user with, cached beforehand.
+    a.client
+        .get_user(pb::GetUserRequest {
+            provider: String::new(),
+            user_id: user.clone(),
+        })
+        .await
+        .unwrap();
+
+    redis.pause();
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    redis.resume();
+    assert_status(&status, Code::Unavailable, "SHARED_CACHE_UNAVAILABLE");
+    assert!(status.message().contains("deleted"), "{status:?}");
+    assert!(!upstream.sandbox.has_user(&user), "the deletion stands");
+
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    assert_status(&status, Code::NotFound, "USER_NOT_FOUND");
+    let status = until_dropped(&mut b, &user, &widget).await;
+    assert_status(&status, Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST");
+}
