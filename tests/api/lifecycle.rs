@@ -791,8 +791,30 @@ async fn a_caller_whose_policy_lacks_the_provider_is_permission_denied() {
         .await
         .unwrap_err();
     assert_eq!(error_info(&status).metadata["refused"], "provider");
+    let mut request = list(0, "", "");
+    request.provider = "sandbox".into();
+    let status = app.client.list_users(with_key(request)).await.unwrap_err();
+    assert_eq!(error_info(&status).metadata["refused"], "provider");
+    let mut request = list_connections("u1");
+    request.provider = "sandbox".into();
+    let status = app
+        .client
+        .list_user_connections(with_key(request))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).metadata["refused"], "provider");
+    let mut request = delete_connection("u1", "c1");
+    request.provider = "sandbox".into();
+    let status = app
+        .client
+        .delete_user_connection(with_key(request))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "PERMISSION_DENIED");
+    assert_eq!(error_info(&status).metadata["refused"], "provider");
     assert_eq!(app.sandbox().users_requests(), 0);
     assert_eq!(app.sandbox().revocation_requests(), 0);
+    assert_eq!(app.sandbox().scim_requests(), 0);
 }
 
 #[tokio::test]
