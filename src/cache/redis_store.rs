@@ -355,12 +355,20 @@ impl RedisStore {
 
     /// Calls `apply` with every announcement any replica makes (a token
     /// invalidated, a user forgotten), reconnecting (to the next cluster
-    /// seed) after an outage; runs until the task is dropped.
-    pub async fn follow_invalidations(&self, apply: impl Fn(Announcement<'_>)) {
+    /// seed) after an outage; runs until the task is dropped. Calls
+    /// `missed` each time it subscribes again after losing the channel:
+    /// announcements made meanwhile never arrive, and after a Redis restart
+    /// nothing is left in Redis to announce them again.
+    pub async fn follow_invalidations(&self, apply: impl Fn(Announcement<'_>), missed: impl Fn()) {
+        let mut subscribed = false;
         for client in self.subscribers.iter().cycle() {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(keys::invalidations()).await.is_ok() {
+                        if subscribed {
+                            missed();
+                        }
+                        subscribed = true;
                         let mut messages = pubsub.on_message();
                         while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await
                         {

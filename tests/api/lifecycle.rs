@@ -974,3 +974,28 @@ async fn a_delete_while_redis_is_down_says_so_and_a_retry_sweeps_every_replica()
     let status = until_dropped(&mut b, &user, &widget).await;
     assert_status(&status, Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST");
 }
+
+/// Redis restarted empty while a replica held a deleted user's token in
+/// process: the index is gone, so the retried DeleteUser announces nothing.
+/// The replica lost the invalidation channel meanwhile, so once it is back
+/// it must stop trusting what it holds, not serve it for memory_ttl_secs.
+#[tokio::test]
+async fn a_replica_that_lost_the_invalidation_channel_drops_what_it_may_have_missed() {
+    let mut redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut a = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let mut b = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let (user, widget) = user_with_token(&mut a, "customer-1").await;
+    assert_eq!(b.widget_token(&user).await.unwrap(), widget);
+
+    redis.kill();
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    assert_status(&status, Code::Unavailable, "SHARED_CACHE_UNAVAILABLE");
+    assert!(!upstream.sandbox.has_user(&user));
+    redis.restart();
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    assert_status(&status, Code::NotFound, "USER_NOT_FOUND");
+
+    let status = until_dropped(&mut b, &user, &widget).await;
+    assert_status(&status, Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST");
+}
