@@ -404,9 +404,12 @@ pub struct UserEmail {
 
 impl User {
     /// Whether this stored user is the one `new_user` describes, so a retried
-    /// CreateUser may return it.
+    /// CreateUser may return it: the same external id, name, email and
+    /// subtenant (a user placed under another subtenant, or under none, is
+    /// not the one asked for).
     pub fn matches(&self, new_user: &NewUser) -> bool {
         self.external_id == new_user.external_id.as_str()
+            && self.subtenant == new_user.subtenant
             && self.given_name == new_user.name.given_name.as_str()
             && self.family_name == new_user.name.family_name.as_str()
             && self.emails.iter().any(|email| {

@@ -37,8 +37,9 @@ pub(super) fn authorization(digest: &[u8]) -> String {
     )
 }
 
-/// The set of fingerprints of the tokens cached for one user (see
-/// [`super::UserTokens`]), from the digest of what identifies the user.
+/// The sorted set of fingerprints of the tokens cached for one user, scored
+/// by when each stops being served (see [`super::UserTokens`]), from the
+/// digest of what identifies the user.
 pub(super) fn user_tokens(digest: &[u8; 32]) -> String {
     format!("bankauth:{KEY_VERSION}:user-tokens:{}", hex::encode(digest))
 }

@@ -131,6 +131,13 @@ impl MemoryStore {
             .collect()
     }
 
+    /// Drops every token held in process (remembered users stay: a stale
+    /// one is found out when read back as 404), for when announcements may
+    /// have been missed.
+    pub fn clear_tokens(&self) {
+        self.tokens.clear();
+    }
+
     pub fn remembered_user(&self, key: &UserKey) -> Option<String> {
         self.users.get(key)
     }

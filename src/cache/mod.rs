@@ -557,21 +557,34 @@ impl Cache {
 
     /// Applies other replicas' invalidations to this process's tier; runs
     /// until dropped (only with Redis: without it there are no replicas).
+    /// Once the channel is back after being lost, drops every token held in
+    /// process: an invalidation, revocation or user deletion announced
+    /// meanwhile was missed, and a retry after a Redis restart finds
+    /// nothing left to announce. The next requests read Redis again.
     pub async fn follow_invalidations(&self) {
         if let Some(redis) = &self.redis {
             let memory = self.memory.clone();
+            let missed = self.memory.clone();
             redis
-                .follow_invalidations(move |announcement| match announcement {
-                    Announcement::Token {
-                        provider,
-                        fingerprint,
-                    } => {
-                        memory.invalidate(provider, fingerprint);
-                    }
-                    Announcement::ForgetUser(name) => {
-                        memory.forget_user(&UserKey(name.to_owned()));
-                    }
-                })
+                .follow_invalidations(
+                    move |announcement| match announcement {
+                        Announcement::Token {
+                            provider,
+                            fingerprint,
+                        } => {
+                            memory.invalidate(provider, fingerprint);
+                        }
+                        Announcement::ForgetUser(name) => {
+                            memory.forget_user(&UserKey(name.to_owned()));
+                        }
+                    },
+                    move || {
+                        tracing::info!(
+                            "invalidation channel back: dropping the tokens held in process, as announcements made meanwhile were missed"
+                        );
+                        missed.clear_tokens();
+                    },
+                )
                 .await;
         }
     }

@@ -46,14 +46,22 @@ end
 return 0
 "#;
 
-/// Adds a token's fingerprint to its user's set, keeping the set at least
+/// Adds a token's fingerprint to its user's index, a sorted set scored by
+/// when each token stops being served (the server's clock), and drops the
+/// fingerprints of tokens already past that: an active user's tokens are
+/// refreshed for ever, each refresh pushing the index's expiry out, so an
+/// index that only grew would grow without bound. Keeps the index at least
 /// as long as this token lives. ARGV: fingerprint, TTL ms.
 const INDEX_USER_TOKEN: &str = r#"
-redis.call("SADD", KEYS[1], ARGV[1])
-if redis.call("PTTL", KEYS[1]) < tonumber(ARGV[2]) then
-    redis.call("PEXPIRE", KEYS[1], ARGV[2])
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now)
+redis.call("ZADD", KEYS[1], now + ttl, ARGV[1])
+if redis.call("PTTL", KEYS[1]) < ttl then
+    redis.call("PEXPIRE", KEYS[1], ttl)
 end
-return 1
+return redis.call("ZCARD", KEYS[1])
 "#;
 
 /// What one replica announces to the others on the invalidation channel.
@@ -218,13 +226,13 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The fingerprints in a user's token set (see [`super::UserTokens`]).
+    /// The fingerprints in a user's token index (see [`super::UserTokens`]).
     pub async fn user_token_fingerprints(&self, name: String) -> Result<Vec<String>, CacheError> {
         let fingerprints: Vec<String> = self
             .connection()
             .await?
-            .smembers(name)
-            .instrument(span("SMEMBERS"))
+            .zrange(name, 0, -1)
+            .instrument(span("ZRANGE"))
             .await?;
         Ok(fingerprints)
     }
@@ -347,12 +355,20 @@ impl RedisStore {
 
     /// Calls `apply` with every announcement any replica makes (a token
     /// invalidated, a user forgotten), reconnecting (to the next cluster
-    /// seed) after an outage; runs until the task is dropped.
-    pub async fn follow_invalidations(&self, apply: impl Fn(Announcement<'_>)) {
+    /// seed) after an outage; runs until the task is dropped. Calls
+    /// `missed` each time it subscribes again after losing the channel:
+    /// announcements made meanwhile never arrive, and after a Redis restart
+    /// nothing is left in Redis to announce them again.
+    pub async fn follow_invalidations(&self, apply: impl Fn(Announcement<'_>), missed: impl Fn()) {
+        let mut subscribed = false;
         for client in self.subscribers.iter().cycle() {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(keys::invalidations()).await.is_ok() {
+                        if subscribed {
+                            missed();
+                        }
+                        subscribed = true;
                         let mut messages = pubsub.on_message();
                         while let Some(message) = tokio_stream::StreamExt::next(&mut messages).await
                         {

@@ -156,6 +156,10 @@ impl Provider {
             endpoints: RwLock::new(Arc::new(endpoints)),
             token_endpoint: TokenEndpoint {
                 upstream: upstream.clone(),
+                revocation: Upstream {
+                    breaker: breaker("revocation"),
+                    ..upstream.clone()
+                },
                 client_id: config.client_id.clone(),
                 auth,
                 expiry: ExpiryRules {

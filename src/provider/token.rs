@@ -48,6 +48,9 @@ pub struct TokenResponse {
 #[derive(Debug)]
 pub struct TokenEndpoint {
     pub(super) upstream: Upstream,
+    /// The revocation endpoint's, on a breaker of its own: callers revoking
+    /// while it fails must not open the breaker token issuance goes through.
+    pub(super) revocation: Upstream,
     pub(super) client_id: String,
     pub(super) auth: ClientAuth,
     pub(super) expiry: ExpiryRules,
@@ -120,11 +123,11 @@ impl TokenEndpoint {
         token: &str,
         hint: Option<TokenTypeHint>,
     ) -> Result<(), ProviderError> {
-        self.upstream
+        self.revocation
             .call(Replay::Safe, move || async move {
                 let (body, basic) = self.revocation_form(endpoints, token, hint)?;
                 let mut request = self
-                    .upstream
+                    .revocation
                     .client
                     .post(revocation_url.clone())
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -133,7 +136,7 @@ impl TokenEndpoint {
                 if let Some(basic) = basic {
                     request = request.header(AUTHORIZATION, basic);
                 }
-                let answer = self.upstream.send(request, "revocation").await?;
+                let answer = self.revocation.send(request, "revocation").await?;
                 parse_revocation_answer(&answer)
             })
             .await

@@ -791,6 +791,211 @@ async fn a_caller_whose_policy_lacks_the_provider_is_permission_denied() {
         .await
         .unwrap_err();
     assert_eq!(error_info(&status).metadata["refused"], "provider");
+    let mut request = list(0, "", "");
+    request.provider = "sandbox".into();
+    let status = app.client.list_users(with_key(request)).await.unwrap_err();
+    assert_eq!(error_info(&status).metadata["refused"], "provider");
+    let mut request = list_connections("u1");
+    request.provider = "sandbox".into();
+    let status = app
+        .client
+        .list_user_connections(with_key(request))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).metadata["refused"], "provider");
+    let mut request = delete_connection("u1", "c1");
+    request.provider = "sandbox".into();
+    let status = app
+        .client
+        .delete_user_connection(with_key(request))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "PERMISSION_DENIED");
+    assert_eq!(error_info(&status).metadata["refused"], "provider");
     assert_eq!(app.sandbox().users_requests(), 0);
     assert_eq!(app.sandbox().revocation_requests(), 0);
+    assert_eq!(app.sandbox().scim_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_user_under_another_subtenant_is_not_returned_as_the_one_asked_for() {
+    let upstream = start_upstream().await;
+    let under = |provider_id: Option<&str>| {
+        let mut request = new_user("customer-1");
+        request.subtenant = provider_id.map(|id| pb::Subtenant {
+            name: "Branch".into(),
+            provider_id: id.into(),
+        });
+        request
+    };
+    let mut first = spawn_app_with(upstream.clone(), |_| {}).await;
+    let created = first
+        .client
+        .create_user(under(Some("sub-a")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    // The replica that remembers the user, and a fresh one that finds it
+    // by external id after the 409: the same name and email under another
+    // subtenant (or none) is not the user asked for.
+    let mut fresh = spawn_app_with(upstream.clone(), |_| {}).await;
+    for app in [&mut first, &mut fresh] {
+        for other in [Some("sub-b"), None] {
+            let status = app.client.create_user(under(other)).await.unwrap_err();
+            assert_status(&status, Code::AlreadyExists, "USER_ALREADY_EXISTS");
+        }
+    }
+    let retried = fresh
+        .client
+        .create_user(under(Some("sub-a")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(retried.id, created.id);
+    assert_eq!(upstream.sandbox.user_count(), 1);
+}
+
+/// The revocation endpoint has a breaker of its own: callers revoking while
+/// it fails must not open the one that token issuance goes through.
+#[tokio::test]
+async fn a_failing_revocation_endpoint_does_not_stop_token_issuance() {
+    let mut app = spawn_app_with(start_upstream().await, |c| {
+        let provider = c.providers.get_mut("sandbox").unwrap();
+        provider.retry_max_attempts = 1;
+        provider.breaker_failure_threshold = 2;
+    })
+    .await;
+    let user = app.create_user("customer-1").await;
+    for _ in 0..10 {
+        app.sandbox()
+            .fail_next(Endpoint::Revocation, Fault::Status(503));
+    }
+    for reason in [
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_CIRCUIT_OPEN",
+    ] {
+        let status = app
+            .client
+            .revoke_token(revoke("some-token", pb::TokenTypeHint::Unspecified))
+            .await
+            .unwrap_err();
+        assert_eq!(error_info(&status).reason, reason, "{status:?}");
+    }
+    app.widget_token(&user).await.unwrap();
+}
+
+/// The sizes of the per-user token indexes in Redis.
+fn token_index_sizes(redis: &RedisServer) -> Vec<usize> {
+    let mut connection = redis.client().get_connection().unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("bankauth:*:user-tokens:*")
+        .query(&mut connection)
+        .unwrap();
+    names
+        .iter()
+        .map(|name| {
+            let kind: String = redis::cmd("TYPE").arg(name).query(&mut connection).unwrap();
+            let count = if kind == "zset" { "ZCARD" } else { "SCARD" };
+            redis::cmd(count).arg(name).query(&mut connection).unwrap()
+        })
+        .collect()
+}
+
+/// An active user's tokens are refreshed for ever, each refresh pushing
+/// the index's expiry out: the index must drop the tokens no longer served
+/// rather than grow by one per refresh.
+#[tokio::test]
+async fn a_users_token_index_holds_only_live_tokens_however_often_they_are_refreshed() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream, |c| use_redis(c, &redis)).await;
+    let user = app.create_user("customer-1").await;
+    // A long-lived token keeps the index alive…
+    app.data_token(&user, &["accounts:read"]).await.unwrap();
+    // …while short-lived ones come and go.
+    app.sandbox().set_token_lifetime(Duration::from_secs(3));
+    for _ in 0..5 {
+        app.client
+            .issue_widget_token(pb::IssueWidgetTokenRequest {
+                provider: String::new(),
+                user_id: user.clone(),
+                force_refresh: true,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(token_index_sizes(&redis), [6]);
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let live = app.widget_token(&user).await.unwrap();
+    assert_eq!(
+        token_index_sizes(&redis),
+        [2],
+        "the data token and the live widget token"
+    );
+
+    app.client.delete_user(delete(&user)).await.unwrap();
+    assert!(token_index_sizes(&redis).is_empty());
+    assert_ne!(app.widget_token(&user).await.ok(), Some(live));
+}
+
+/// Redis unreachable during DeleteUser: the deletion stands, the caller is
+/// told the cache could not be, and a retry (NOT_FOUND) still sweeps.
+#[tokio::test]
+async fn a_delete_while_redis_is_down_says_so_and_a_retry_sweeps_every_replica() {
+    let redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut a = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let mut b = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let (user, widget) = user_with_token(&mut a, "customer-1").await;
+    assert_eq!(b.widget_token(&user).await.unwrap(), widget);
+    // The SCIM token DeleteUser reads the user with, cached beforehand.
+    a.client
+        .get_user(pb::GetUserRequest {
+            provider: String::new(),
+            user_id: user.clone(),
+        })
+        .await
+        .unwrap();
+
+    redis.pause();
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    redis.resume();
+    assert_status(&status, Code::Unavailable, "SHARED_CACHE_UNAVAILABLE");
+    assert!(status.message().contains("deleted"), "{status:?}");
+    assert!(!upstream.sandbox.has_user(&user), "the deletion stands");
+
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    assert_status(&status, Code::NotFound, "USER_NOT_FOUND");
+    let status = until_dropped(&mut b, &user, &widget).await;
+    assert_status(&status, Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST");
+}
+
+/// Redis restarted empty while a replica held a deleted user's token in
+/// process: the index is gone, so the retried DeleteUser announces nothing.
+/// The replica lost the invalidation channel meanwhile, so once it is back
+/// it must stop trusting what it holds, not serve it for memory_ttl_secs.
+#[tokio::test]
+async fn a_replica_that_lost_the_invalidation_channel_drops_what_it_may_have_missed() {
+    let mut redis = RedisServer::start();
+    let upstream = start_upstream().await;
+    let mut a = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let mut b = spawn_app_with(upstream.clone(), |c| use_redis(c, &redis)).await;
+    let (user, widget) = user_with_token(&mut a, "customer-1").await;
+    assert_eq!(b.widget_token(&user).await.unwrap(), widget);
+
+    redis.kill();
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    assert_status(&status, Code::Unavailable, "SHARED_CACHE_UNAVAILABLE");
+    assert!(!upstream.sandbox.has_user(&user));
+    redis.restart();
+    let status = a.client.delete_user(delete(&user)).await.unwrap_err();
+    assert_status(&status, Code::NotFound, "USER_NOT_FOUND");
+
+    let status = until_dropped(&mut b, &user, &widget).await;
+    assert_status(&status, Code::InvalidArgument, "UPSTREAM_REJECTED_REQUEST");
 }

@@ -641,6 +641,23 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         by_state.id_token,
         by_state.refresh_token,
     ]);
+    // RevokeToken sends the token in a form body, and DeleteUser sweeps
+    // the user's cached tokens: neither may log a token.
+    client
+        .revoke_token(authorized(bankauth::proto::v1::RevokeTokenRequest {
+            provider: String::new(),
+            token: refreshed.refresh_token.clone(),
+            token_type_hint: bankauth::proto::v1::TokenTypeHint::RefreshToken.into(),
+        }))
+        .await
+        .unwrap();
+    client
+        .delete_user(authorized(bankauth::proto::v1::DeleteUserRequest {
+            provider: String::new(),
+            user_id: user.clone(),
+        }))
+        .await
+        .unwrap();
     secrets.extend([refreshed.access_token, refreshed.refresh_token]);
     secrets.extend(upstream.sandbox.recent_assertions());
     // The private key, by a line of its Base64 body.
@@ -661,6 +678,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         logs.contains("token_issued")
             && logs.contains("authorization_url_created")
             && logs.contains("authorization_code_exchanged")
+            && logs.contains("token_revoked")
+            && logs.contains("user_deleted")
             && logs.contains("TRACE"),
         "the logs are not at trace level or lack audit events:\n{}",
         &logs[..logs.len().min(2000)]

@@ -201,6 +201,26 @@ async fn replicas_share_tokens_coalesce_and_invalidate_on_a_redis_cluster() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // DeleteUser through b finds the user's tokens in the cluster (the
+    // per-user index lives in its own slot) and a stops serving them.
+    let deleted = &users[1];
+    b.client
+        .delete_user(bankauth::proto::v1::DeleteUserRequest {
+            provider: String::new(),
+            user_id: deleted.clone(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Ok(served) = a.widget_token(deleted).await {
+        assert_eq!(served, tokens[1]);
+        assert!(
+            Instant::now() < deadline,
+            "replica a kept the deleted user's token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A TLS-only Redis whose one user is `bankauth` (the default user is off).
