@@ -136,6 +136,7 @@ async fn run_example(
         .arg(&bankauth.addr)
         .current_dir(example_dir(language))
         .env("BANKAUTH_API_KEY", API_KEY)
+        .env("BUF", buf())
         .kill_on_drop(true);
     // A bound against a hang, not a timing assertion (Go compiles gRPC on its first run).
     let output = tokio::time::timeout(Duration::from_secs(600), command.output())
@@ -153,6 +154,20 @@ async fn run_example(
         bankauth.logs.lock().unwrap().join("\n")
     );
     stdout
+}
+
+/// buf: `$BUF`, else where `scripts/test` installs it, else the one on PATH,
+/// so a plain `cargo test` after `scripts/test` finds it.
+fn buf() -> String {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/.scripts-test/buf/node_modules/.bin/buf");
+    std::env::var("BUF").unwrap_or_else(|_| {
+        if installed.is_file() {
+            installed.display().to_string()
+        } else {
+            "buf".to_owned()
+        }
+    })
 }
 
 /// Fails the test with `install` unless `program args` runs and succeeds.
@@ -369,8 +384,7 @@ async fn go_example_calls_every_rpc_and_decodes_error_details() {
                    `npm install -g @bufbuild/buf@1.75.0` (or set BUF to its path) and \
                    grpcio-tools (the Python example's requirements) (scripts/test does all this).";
     require("go", &["version"], install).await;
-    let buf = std::env::var("BUF").unwrap_or_else(|_| "buf".to_owned());
-    require(&buf, &["--version"], install).await;
+    require(&buf(), &["--version"], install).await;
     require("python3", &["-c", "import grpc_tools.protoc"], install).await;
     require("protoc-gen-go", &["--version"], install).await;
     require("protoc-gen-go-grpc", &["--version"], install).await;
