@@ -69,7 +69,7 @@ impl AuthServiceRpc for AuthApi {
             let new_user = convert::new_user(&request)?;
             let user = self.service.create_user(&provider, &new_user).await?;
             tracing::info!(
-                target: AUDIT,
+                target: observe::AUDIT,
                 event = "user_created",
                 caller = %caller.name,
                 provider = provider.name(),
@@ -110,7 +110,7 @@ impl AuthServiceRpc for AuthApi {
                 .issue_widget_token(&provider, &user_id, request.force_refresh)
                 .await?;
             record_cache(outcome);
-            audit_token(caller, &provider, Some(&user_id), &token.scopes, outcome);
+            audit_token(Some(&user_id), &token.scopes);
             Ok(pb::IssueWidgetTokenResponse {
                 token: Some(token.into()),
             })
@@ -132,7 +132,7 @@ impl AuthServiceRpc for AuthApi {
                 .issue_data_token(&provider, user_id.as_ref(), &scopes, request.force_refresh)
                 .await?;
             record_cache(outcome);
-            audit_token(caller, &provider, user_id.as_ref(), &token.scopes, outcome);
+            audit_token(user_id.as_ref(), &token.scopes);
             Ok(pb::IssueDataTokenResponse {
                 token: Some(token.into()),
             })
@@ -274,26 +274,31 @@ fn record_cache(outcome: CacheOutcome) {
     Span::current().record("cache", outcome.as_str());
 }
 
-/// The log target of audit events: one per token issued or user created,
-/// naming the caller; never the token.
-const AUDIT: &str = "bankauth::audit";
+/// Notes a token handed out on the call's span. The call's one log line
+/// (its audit record, see [`observe`]) then names what went to whom: the
+/// caller, provider and cache outcome are on the span already. Never the token.
+fn audit_token(sub: Option<&UserId>, scopes: &[String]) {
+    let span = Span::current();
+    span.record("event", "token_issued");
+    if let Some(sub) = sub {
+        span.record("sub", sub.as_str());
+    }
+    span.record("scopes", tracing::field::display(Joined(scopes)));
+}
 
-fn audit_token(
-    caller: &Caller,
-    provider: &Provider,
-    sub: Option<&UserId>,
-    scopes: &[String],
-    outcome: CacheOutcome,
-) {
-    tracing::info!(
-        target: AUDIT,
-        event = "token_issued",
-        caller = %caller.name,
-        provider = provider.name(),
-        sub = sub.map(UserId::as_str),
-        scopes = %scopes.join(" "),
-        cache = outcome.as_str(),
-    );
+/// Scopes as one space-separated field, without building the string.
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, scope) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(scope)?;
+        }
+        Ok(())
+    }
 }
 
 impl AuthApi {
