@@ -1,7 +1,13 @@
 //! Logs, traces and metrics.
 //!
 //! Logs go to stderr (stdout stays free for what the demo prints): text, coloured
-//! only on a terminal, or JSON lines. Traces are exported over OTLP when the
+//! only on a terminal, or JSON lines. A thread of their own writes them, in
+//! batches: a request formats its line and queues it, and never waits on a
+//! write to stderr (one syscall per line was a tenth of a cached token's
+//! CPU time). The queue never drops a line: when it is full (128,000
+//! lines), requests wait, as they did on stderr. [`TelemetryGuard`] drains
+//! it on exit; lines still queued when the process is killed (SIGKILL) are
+//! lost. Traces are exported over OTLP when the
 //! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, over
 //! gRPC or, with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, HTTP; an `https`
 //! endpoint is verified against the system's roots, or only against the CA in
@@ -11,7 +17,7 @@
 pub mod metrics;
 pub mod propagation;
 
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{
@@ -21,6 +27,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::transport::{Certificate, ClientTlsConfig};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -33,9 +40,17 @@ const OTLP_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 pub use crate::config::LogFormat;
 
-/// Flushes buffered spans when dropped, so the last ones are not lost at exit.
+/// How much of the log the writer thread hands to stderr in one write.
+const LOG_WRITE_BUFFER: usize = 64 * 1024;
+
+/// Flushes buffered spans and log lines when dropped, so the last ones are
+/// not lost at exit.
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
+    /// Dropped after the tracer provider (fields drop after `drop`), so
+    /// whatever shutting it down logs is written too; waits up to a second
+    /// for the queued lines to reach stderr.
+    _logs: WorkerGuard,
 }
 
 impl Drop for TelemetryGuard {
@@ -51,15 +66,19 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, from `main`, inside the Tokio runtime.
 pub fn init(format: LogFormat) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (stderr, log_guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("bankauth-logs")
+        .finish(BufWriter::with_capacity(LOG_WRITE_BUFFER, std::io::stderr()));
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .boxed(),
     };
     let (tracer_provider, export_error) = match otlp_tracer_provider() {
@@ -78,7 +97,10 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     if let Some(error) = export_error {
         tracing::warn!(%error, "OTLP trace export is configured but could not start; traces are off");
     }
-    TelemetryGuard { tracer_provider }
+    TelemetryGuard {
+        tracer_provider,
+        _logs: log_guard,
+    }
 }
 
 /// An OTLP exporter when the standard environment asks for one.
