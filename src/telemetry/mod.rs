@@ -27,7 +27,10 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::transport::{Certificate, ClientTlsConfig};
+use tracing::field::{Field, Visit};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -69,9 +72,13 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     let (stderr, log_guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("bankauth-logs")
-        .finish(BufWriter::with_capacity(LOG_WRITE_BUFFER, std::io::stderr()));
+        .finish(BufWriter::with_capacity(
+            LOG_WRITE_BUFFER,
+            std::io::stderr(),
+        ));
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(TextFields)
             .with_writer(stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
@@ -100,6 +107,62 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     TelemetryGuard {
         tracer_provider,
         _logs: log_guard,
+    }
+}
+
+/// Text lines' fields: tracing-subscriber's default layout (`name=value`,
+/// the message bare), less the fields that name a span for OTLP only
+/// (`otel.*`, `rpc.system`). Every RPC's line carried them, `method` says
+/// the same, and formatting them was a tenth of a line's cost.
+struct TextFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for TextFields {
+    type Visitor = OmitOtlpOnly<DefaultVisitor<'a>>;
+
+    fn make_visitor(&self, target: Writer<'a>) -> Self::Visitor {
+        OmitOtlpOnly(DefaultVisitor::new(target, true))
+    }
+}
+
+/// Passes every field but the OTLP-only ones to the visitor inside.
+struct OmitOtlpOnly<V>(V);
+
+impl<V> OmitOtlpOnly<V> {
+    fn shown(field: &Field) -> bool {
+        let name = field.name();
+        !name.starts_with("otel.") && name != "rpc.system"
+    }
+}
+
+impl<V: Visit> Visit for OmitOtlpOnly<V> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if Self::shown(field) {
+            self.0.record_str(field, value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if Self::shown(field) {
+            self.0.record_error(field, value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if Self::shown(field) {
+            self.0.record_debug(field, value);
+        }
+    }
+}
+
+impl<V: VisitOutput<std::fmt::Result>> VisitOutput<std::fmt::Result> for OmitOtlpOnly<V> {
+    fn finish(self) -> std::fmt::Result {
+        self.0.finish()
+    }
+}
+
+impl<V: VisitFmt> VisitFmt for OmitOtlpOnly<V> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        self.0.writer()
     }
 }
 
@@ -205,4 +268,60 @@ fn http_client_trusting(pem: Vec<u8>) -> Result<reqwest::blocking::Client, Expor
     .map_err(|_| {
         ExporterBuildError::InternalFailure("building the OTLP HTTP client panicked".into())
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_lines_leave_out_the_otlp_only_fields() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(TextFields)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = "bankauth.v1.AuthService/GetUser",
+                otel.kind = "server",
+                rpc.system = "grpc",
+                method = "GetUser",
+                caller = tracing::field::Empty,
+            );
+            span.record("caller", "app");
+            let _entered = span.enter();
+            tracing::info!(latency_ms = 1.5, "rpc finished");
+        });
+        let line = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            line.contains(r#"rpc{method="GetUser" caller="app"}: "#),
+            "{line}"
+        );
+        assert!(line.contains("rpc finished latency_ms=1.5"), "{line}");
+        assert!(
+            !line.contains("otel.") && !line.contains("rpc.system"),
+            "{line}"
+        );
+    }
 }
