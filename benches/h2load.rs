@@ -179,51 +179,87 @@ impl pb::auth_service_server::AuthService for Anchor {
     }
 
     // The anchors serve IssueWidgetToken only.
-    async fn create_user(&self, _: Request<pb::CreateUserRequest>) -> Result<Response<pb::CreateUserResponse>, Status> {
+    async fn create_user(
+        &self,
+        _: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn get_user(&self, _: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
+    async fn get_user(
+        &self,
+        _: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn issue_data_token(&self, _: Request<pb::IssueDataTokenRequest>) -> Result<Response<pb::IssueDataTokenResponse>, Status> {
+    async fn issue_data_token(
+        &self,
+        _: Request<pb::IssueDataTokenRequest>,
+    ) -> Result<Response<pb::IssueDataTokenResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn create_authorization_url(&self, _: Request<pb::CreateAuthorizationUrlRequest>) -> Result<Response<pb::CreateAuthorizationUrlResponse>, Status> {
+    async fn create_authorization_url(
+        &self,
+        _: Request<pb::CreateAuthorizationUrlRequest>,
+    ) -> Result<Response<pb::CreateAuthorizationUrlResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn exchange_authorization_code(&self, _: Request<pb::ExchangeAuthorizationCodeRequest>) -> Result<Response<pb::ExchangeAuthorizationCodeResponse>, Status> {
+    async fn exchange_authorization_code(
+        &self,
+        _: Request<pb::ExchangeAuthorizationCodeRequest>,
+    ) -> Result<Response<pb::ExchangeAuthorizationCodeResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn refresh_token(&self, _: Request<pb::RefreshTokenRequest>) -> Result<Response<pb::RefreshTokenResponse>, Status> {
+    async fn refresh_token(
+        &self,
+        _: Request<pb::RefreshTokenRequest>,
+    ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn invalidate_token(&self, _: Request<pb::InvalidateTokenRequest>) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
+    async fn invalidate_token(
+        &self,
+        _: Request<pb::InvalidateTokenRequest>,
+    ) -> Result<Response<pb::InvalidateTokenResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn delete_user(&self, _: Request<pb::DeleteUserRequest>) -> Result<Response<pb::DeleteUserResponse>, Status> {
+    async fn delete_user(
+        &self,
+        _: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn list_users(&self, _: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        _: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn list_user_connections(&self, _: Request<pb::ListUserConnectionsRequest>) -> Result<Response<pb::ListUserConnectionsResponse>, Status> {
+    async fn list_user_connections(
+        &self,
+        _: Request<pb::ListUserConnectionsRequest>,
+    ) -> Result<Response<pb::ListUserConnectionsResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn delete_user_connection(&self, _: Request<pb::DeleteUserConnectionRequest>) -> Result<Response<pb::DeleteUserConnectionResponse>, Status> {
+    async fn delete_user_connection(
+        &self,
+        _: Request<pb::DeleteUserConnectionRequest>,
+    ) -> Result<Response<pb::DeleteUserConnectionResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 
-    async fn revoke_token(&self, _: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+    async fn revoke_token(
+        &self,
+        _: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         Err(Status::unimplemented("anchor"))
     }
 }
@@ -476,7 +512,14 @@ fn drive(server: &Server, dir: &Path, clients: u32, streams: u32, seconds: u64) 
     let _ = std::fs::remove_file(&latency_log);
     let mut h2load = pinned(LOAD_CORE, "h2load");
     h2load
-        .args(["-c", &clients.to_string(), "-m", &streams.to_string(), "-t", "1"])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-m",
+            &streams.to_string(),
+            "-t",
+            "1",
+        ])
         .args(["--warm-up-time", "1", "-D", &seconds.to_string()])
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg("-d")
@@ -489,10 +532,15 @@ fn drive(server: &Server, dir: &Path, clients: u32, streams: u32, seconds: u64) 
     let ok_before = server.ok_count();
     let log_before = server.log_bytes();
     let cpu_before = server.cpu_time();
-    let output = h2load.output().expect("h2load (`apt-get install nghttp2-client`)");
+    let output = h2load
+        .output()
+        .expect("h2load (`apt-get install nghttp2-client`)");
     let cpu = server.cpu_time() - cpu_before;
     let log = server.log_bytes() - log_before;
-    let ok = server.ok_count().zip(ok_before).map(|(after, before)| after - before);
+    let ok = server
+        .ok_count()
+        .zip(ok_before)
+        .map(|(after, before)| after - before);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "h2load failed: {stdout}");
     // "finished in 8.00s, 25311.12 req/s, 31.2MB/s"
@@ -512,7 +560,11 @@ fn drive(server: &Server, dir: &Path, clients: u32, streams: u32, seconds: u64) 
     };
     let done = count(" done");
     let succeeded = count(" succeeded");
-    assert_eq!(done, succeeded, "{}: non-2xx answers\n{stdout}", server.name);
+    assert_eq!(
+        done, succeeded,
+        "{}: non-2xx answers\n{stdout}",
+        server.name
+    );
     // The warm-up's requests are counted by the server, not by h2load.
     if let Some(ok) = ok {
         assert!(
@@ -604,7 +656,11 @@ async fn run(options: Options) {
         for redis_url in [None, Some(redis.url())] {
             let (addr, metrics) = (free_addr(), free_addr());
             let config = serve_config(dir, &issuer, addr, metrics, redis_url.as_deref());
-            let tier = if redis_url.is_some() { "redis" } else { "memory" };
+            let tier = if redis_url.is_some() {
+                "redis"
+            } else {
+                "memory"
+            };
             let name = format!("serve {tier}{suffix}");
             let mut serve = Server::spawn(
                 &name,
@@ -622,7 +678,10 @@ async fn run(options: Options) {
             servers.push(serve);
         }
     }
-    let token_len = servers[1].check().await.expect("a token from bankauth serve");
+    let token_len = servers[1]
+        .check()
+        .await
+        .expect("a token from bankauth serve");
     for (role, name) in [("empty", "empty"), ("redis-get", "redis GET")] {
         let addr = free_addr();
         let mut anchor = Server::spawn(
@@ -645,7 +704,11 @@ async fn run(options: Options) {
             .check()
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", server.name));
-        assert!(len >= token_len.min(100), "{}: a {len}-byte token", server.name);
+        assert!(
+            len >= token_len.min(100),
+            "{}: a {len}-byte token",
+            server.name
+        );
     }
 
     eprintln!(
@@ -667,7 +730,12 @@ async fn run(options: Options) {
                 let point = drive(server, dir, *clients, *streams, options.seconds);
                 eprintln!(
                     "round {round} {shape} {:<22} {:>8.0} req/s {:>6.1} µs/req p50 {:.3} ms p99 {:.3} ms log {:>4.0} B/req",
-                    server.name, point.throughput, point.cpu_us, point.p50_ms, point.p99_ms, point.log_bytes
+                    server.name,
+                    point.throughput,
+                    point.cpu_us,
+                    point.p50_ms,
+                    point.p99_ms,
+                    point.log_bytes
                 );
                 points[s][i].push(point);
             }
@@ -717,7 +785,8 @@ async fn create_demo_user(addr: SocketAddr) -> String {
 
 /// Markdown tables of the medians, as BENCHMARKS.md shows them.
 fn report(servers: &[Server], shapes: &[(&str, u32, u32)], points: &[Vec<Vec<Point>>]) {
-    let med = |s: usize, i: usize, f: fn(&Point) -> f64| median(points[s][i].iter().map(f).collect());
+    let med =
+        |s: usize, i: usize, f: fn(&Point) -> f64| median(points[s][i].iter().map(f).collect());
     for (s, (shape, clients, streams)) in shapes.iter().enumerate() {
         println!(
             "\n{shape}: {clients} connection(s) × {streams} streams, medians of {} rounds\n",

@@ -635,7 +635,11 @@ mod tests {
     fn token_keys_keep_their_derivation() {
         // The derivation as first published (a serde_json::Value, printed):
         // a key that changed would make every replica miss every token.
-        fn published(source: &TokenSource<'_>, sub: Option<&UserId>, scopes: &ScopeSet) -> [u8; 32] {
+        fn published(
+            source: &TokenSource<'_>,
+            sub: Option<&UserId>,
+            scopes: &ScopeSet,
+        ) -> [u8; 32] {
             let canonical = serde_json::json!([
                 KEY_VERSION,
                 source.provider,

@@ -718,7 +718,11 @@ async fn each_token_handed_out_is_one_log_line_naming_its_caller() {
     );
     let token_rpcs = log
         .iter()
-        .filter(|line| line["span"]["method"].as_str().is_some_and(|m| m.starts_with("Issue")))
+        .filter(|line| {
+            line["span"]["method"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Issue"))
+        })
         .filter(|line| line["target"] == "bankauth::audit")
         .count();
     assert_eq!(token_rpcs, 3, "a token RPC writes one line: {log:#?}");
