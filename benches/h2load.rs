@@ -13,8 +13,8 @@
 //! server once, and the tables report medians over rounds. Server CPU per
 //! request comes from `/proc/<pid>/stat`. Each point is checked: h2load's
 //! 2xx count must equal the requests it sent, and bankauth's own
-//! `bankauth_rpc_requests_total{code="OK"}` must have grown by as much (a
-//! gRPC error also travels as HTTP 200). The anchors and the demo (no
+//! `bankauth_rpc_requests_total` must have grown by as much with code OK
+//! and not at all with any other (a gRPC error also travels as HTTP 200). The anchors and the demo (no
 //! metrics port) are checked with a tonic client before and after.
 //!
 //! Servers under test, each on its own port, all alive for the whole run
@@ -322,8 +322,9 @@ impl Server {
         std::fs::metadata(&self.log).map_or(0, |m| m.len())
     }
 
-    /// IssueWidgetTokens answered OK, by the server's own count.
-    fn ok_count(&self) -> Option<u64> {
+    /// IssueWidgetTokens answered, by the server's own count: (OK, any
+    /// other code).
+    fn rpc_counts(&self) -> Option<(u64, u64)> {
         let addr = self.metrics?;
         let mut stream = TcpStream::connect(addr).ok()?;
         write!(
@@ -333,14 +334,19 @@ impl Server {
         .ok()?;
         let mut text = String::new();
         stream.read_to_string(&mut text).ok()?;
-        let line = text.lines().find(|line| {
+        let (mut ok, mut other) = (0, 0);
+        for line in text.lines().filter(|line| {
             line.starts_with("bankauth_rpc_requests_total")
                 && line.contains("method=\"IssueWidgetToken\"")
-                && line.contains("code=\"OK\"")
-        });
-        Some(line.map_or(0, |line| {
-            line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
-        }))
+        }) {
+            let count = line.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
+            if line.contains("code=\"OK\"") {
+                ok += count;
+            } else {
+                other += count;
+            }
+        }
+        Some((ok, other))
     }
 
     /// One request through a tonic client: the token, or why not.
@@ -529,7 +535,7 @@ fn drive(server: &Server, dir: &Path, clients: u32, streams: u32, seconds: u64) 
         h2load.args(["-H", &format!("authorization: Bearer {key}")]);
     }
     h2load.arg(format!("http://{}{PATH}", server.addr));
-    let ok_before = server.ok_count();
+    let counts_before = server.rpc_counts();
     let log_before = server.log_bytes();
     let cpu_before = server.cpu_time();
     let output = h2load
@@ -537,10 +543,10 @@ fn drive(server: &Server, dir: &Path, clients: u32, streams: u32, seconds: u64) 
         .expect("h2load (`apt-get install nghttp2-client`)");
     let cpu = server.cpu_time() - cpu_before;
     let log = server.log_bytes() - log_before;
-    let ok = server
-        .ok_count()
-        .zip(ok_before)
-        .map(|(after, before)| after - before);
+    let counts = server
+        .rpc_counts()
+        .zip(counts_before)
+        .map(|(after, before)| (after.0 - before.0, after.1 - before.1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "h2load failed: {stdout}");
     // "finished in 8.00s, 25311.12 req/s, 31.2MB/s"
@@ -566,13 +572,14 @@ fn drive(server: &Server, dir: &Path, clients: u32, streams: u32, seconds: u64) 
         server.name
     );
     // The warm-up's requests are counted by the server, not by h2load.
-    if let Some(ok) = ok {
+    if let Some((ok, other)) = counts {
         assert!(
-            ok >= done,
-            "{}: {ok} OK of {done} requests by the server's count",
+            ok >= done && other == 0,
+            "{}: {ok} OK and {other} errors for {done} requests by the server's count",
             server.name
         );
     }
+    let ok = counts.map(|(ok, _)| ok);
     let mut latencies: Vec<u64> = std::fs::read_to_string(&latency_log)
         .unwrap()
         .lines()
