@@ -13,8 +13,9 @@
 //! server once, and the tables report medians over rounds. Server CPU per
 //! request comes from `/proc/<pid>/stat`. Each point is checked: h2load's
 //! 2xx count must equal the requests it sent, and bankauth's own
-//! `bankauth_rpc_requests_total` must have grown by as much with code OK
-//! and not at all with any other (a gRPC error also travels as HTTP 200). The anchors and the demo (no
+//! `bankauth_rpc_requests_total` must have grown by as much with code OK,
+//! and with any other code by no more than the calls in flight when h2load
+//! stops and hangs up on them (a gRPC error also travels as HTTP 200). The anchors and the demo (no
 //! metrics port) are checked with a tonic client before and after.
 //!
 //! Servers under test, each on its own port, all alive for the whole run
@@ -322,8 +323,8 @@ impl Server {
         std::fs::metadata(&self.log).map_or(0, |m| m.len())
     }
 
-    /// IssueWidgetTokens answered, by the server's own count: (OK, any
-    /// other code).
+    /// IssueWidgetTokens ended, by the server's own count: (OK, any other
+    /// code).
     fn rpc_counts(&self) -> Option<(u64, u64)> {
         let addr = self.metrics?;
         let mut stream = TcpStream::connect(addr).ok()?;
@@ -571,15 +572,16 @@ fn drive(server: &Server, dir: &Path, clients: u32, streams: u32, seconds: u64) 
         "{}: non-2xx answers\n{stdout}",
         server.name
     );
-    // The warm-up's requests are counted by the server, not by h2load.
+    // The warm-up's requests are counted by the server, not by h2load; the
+    // calls in flight when h2load stops and hangs up end in an error.
     if let Some((ok, other)) = counts {
         assert!(
-            ok >= done && other == 0,
+            ok >= done && other <= u64::from(clients * streams),
             "{}: {ok} OK and {other} errors for {done} requests by the server's count",
             server.name
         );
     }
-    let ok = counts.map(|(ok, _)| ok);
+    let ok = counts.map(|(ok, ..)| ok);
     let mut latencies: Vec<u64> = std::fs::read_to_string(&latency_log)
         .unwrap()
         .lines()
