@@ -25,7 +25,7 @@ use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::proto::v1::invalidate_token_request::Token as InvalidateForm;
 use crate::provider::{Provider, TokenTypeHint, WIDGET_SCOPE};
 use crate::service::{AuthService, CacheOutcome, CodeExchange, TokenSet};
-use observe::Method;
+use observe::{AUDIT, Method};
 use status::RpcError;
 
 /// Longest authorization code accepted; real ones are well under 100 characters.
@@ -118,7 +118,7 @@ impl AuthServiceRpc for AuthApi {
                 .issue_widget_token(&provider, &user_id, request.force_refresh)
                 .await?;
             record_cache(outcome);
-            audit_token(caller, &provider, Some(&user_id), &token.scopes, outcome);
+            audit_token(Some(&user_id), &token.scopes);
             Ok(pb::IssueWidgetTokenResponse {
                 token: Some(token.into()),
             })
@@ -140,7 +140,7 @@ impl AuthServiceRpc for AuthApi {
                 .issue_data_token(&provider, user_id.as_ref(), &scopes, request.force_refresh)
                 .await?;
             record_cache(outcome);
-            audit_token(caller, &provider, user_id.as_ref(), &token.scopes, outcome);
+            audit_token(user_id.as_ref(), &token.scopes);
             Ok(pb::IssueDataTokenResponse {
                 token: Some(token.into()),
             })
@@ -419,28 +419,31 @@ fn record_cache(outcome: CacheOutcome) {
     Span::current().record("cache", outcome.as_str());
 }
 
-/// The log target of audit events: one per token issued or revoked, user
-/// created or deleted, connection deleted, authorization URL created or
-/// code exchanged by state, naming the caller; never a token, code, state,
-/// nonce or verifier.
-const AUDIT: &str = "bankauth::audit";
+/// Notes a token handed out on the call's span. The call's one log line
+/// (its audit record, see [`observe`]) then names what went to whom: the
+/// caller, provider and cache outcome are on the span already. Never the token.
+fn audit_token(sub: Option<&UserId>, scopes: &[String]) {
+    let span = Span::current();
+    span.record("event", "token_issued");
+    if let Some(sub) = sub {
+        span.record("sub", sub.as_str());
+    }
+    span.record("scopes", tracing::field::display(Joined(scopes)));
+}
 
-fn audit_token(
-    caller: &Caller,
-    provider: &Provider,
-    sub: Option<&UserId>,
-    scopes: &[String],
-    outcome: CacheOutcome,
-) {
-    tracing::info!(
-        target: AUDIT,
-        event = "token_issued",
-        caller = %caller.name,
-        provider = provider.name(),
-        sub = sub.map(UserId::as_str),
-        scopes = %scopes.join(" "),
-        cache = outcome.as_str(),
-    );
+/// Scopes as one space-separated field, without building the string.
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, scope) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(scope)?;
+        }
+        Ok(())
+    }
 }
 
 /// One event per completed exchange by state: who, for whom, which

@@ -9,6 +9,12 @@
 //! call with exactly one log line and one metric sample, labelled with the
 //! gRPC code read from the response's headers (a trailers-only answer) or
 //! its trailers.
+//!
+//! That line is the call's audit record (target [`AUDIT`]): the handler
+//! records on the call's span who called (`caller`) and, for a token, what
+//! was handed out (`event = "token_issued"`, `provider`, `sub`, `scopes`,
+//! `cache`), and the line carries the span's fields. One formatted line per
+//! call instead of two is what keeps logging cheap on the hit path.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,6 +45,10 @@ const OTHER_METHODS: &[&str] = &[
     "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
+
+/// The log target of each call's line and span: every call is audited, and
+/// `RUST_LOG=warn,bankauth::audit=info` keeps exactly these lines.
+pub const AUDIT: &str = "bankauth::audit";
 
 /// The label of any path this server does not serve.
 const UNKNOWN_METHOD: &str = "unknown";
@@ -117,13 +127,17 @@ where
         let path = request.uri().path().to_owned();
         let method = Method::of(&path);
         let span = tracing::info_span!(
+            target: AUDIT,
             "rpc",
             otel.name = path.strip_prefix('/').unwrap_or(&path),
             otel.kind = "server",
             rpc.system = "grpc",
             method = method.0,
             caller = field::Empty,
+            event = field::Empty,
             provider = field::Empty,
+            sub = field::Empty,
+            scopes = field::Empty,
             cache = field::Empty,
             code = field::Empty,
             trace_id = field::Empty,
@@ -238,11 +252,11 @@ impl Observer {
         self.metrics.rpc(self.method.0, code_name, elapsed);
         let _entered = self.span.enter();
         match code {
-            Code::Ok => tracing::info!(latency_ms, "rpc finished"),
+            Code::Ok => tracing::info!(target: AUDIT, latency_ms, "rpc finished"),
             Code::Unavailable | Code::Internal | Code::Unknown => {
-                tracing::warn!(latency_ms, error = message, "rpc failed")
+                tracing::warn!(target: AUDIT, latency_ms, error = message, "rpc failed")
             }
-            _ => tracing::info!(latency_ms, error = message, "rpc failed"),
+            _ => tracing::info!(target: AUDIT, latency_ms, error = message, "rpc failed"),
         }
     }
 }

@@ -46,17 +46,22 @@ pub struct TokenSource<'a> {
 pub struct TokenKey([u8; 32]);
 
 impl TokenKey {
+    /// The SHA-256 of the compact JSON array `[version, provider,
+    /// token_url, client_id, client_auth, sub, [scopes…]]`, written straight
+    /// into the hash: every hit derives its key, and this allocates nothing.
     pub fn new(source: &TokenSource<'_>, sub: Option<&UserId>, scopes: &ScopeSet) -> Self {
-        let canonical = serde_json::json!([
+        let canonical = (
             KEY_VERSION,
             source.provider,
             source.token_url,
             source.client_id,
             source.client_auth,
             sub.map(UserId::as_str),
-            scopes.to_vec(),
-        ]);
-        Self(Sha256::digest(canonical.to_string()).into())
+            Scopes(scopes),
+        );
+        let mut hash = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hash, &canonical).expect("hashing cannot fail");
+        Self(hash.0.finalize().into())
     }
 
     /// The key's name in Redis.
@@ -67,6 +72,29 @@ impl TokenKey {
     /// The name of the lock replicas take to fill this key.
     pub fn lock_name(&self) -> String {
         keys::lock(&self.name())
+    }
+}
+
+/// A scope set as the JSON array of its (sorted) names.
+struct Scopes<'a>(&'a ScopeSet);
+
+impl Serialize for Scopes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|scope| scope.as_str()))
+    }
+}
+
+/// Feeds whatever is written to it into a SHA-256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -765,6 +793,51 @@ mod tests {
             token_type: "Bearer".into(),
             expires_at,
             scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn token_keys_keep_their_derivation() {
+        // The derivation as first published (a serde_json::Value, printed):
+        // a key that changed would make every replica miss every token.
+        fn published(
+            source: &TokenSource<'_>,
+            sub: Option<&UserId>,
+            scopes: &ScopeSet,
+        ) -> [u8; 32] {
+            let canonical = serde_json::json!([
+                KEY_VERSION,
+                source.provider,
+                source.token_url,
+                source.client_id,
+                source.client_auth,
+                sub.map(UserId::as_str),
+                scopes.to_vec(),
+            ]);
+            Sha256::digest(canonical.to_string()).into()
+        }
+        let sub = UserId::parse("user_id", "66b3-user_1").unwrap();
+        let scopes = ScopeSet::parse("scopes", &["transactions:read", "accounts:read"]).unwrap();
+        for source in [
+            TokenSource {
+                provider: "moneyhub",
+                token_url: "https://identity.moneyhub.co.uk/oidc/token",
+                client_id: "client-1",
+                client_auth: "private_key_jwt",
+            },
+            TokenSource {
+                provider: "quote\"back\\slash\u{1}",
+                token_url: "https://é.example/токен?a=1&b=</script>",
+                client_id: "\n\t",
+                client_auth: "",
+            },
+        ] {
+            for sub in [None, Some(&sub)] {
+                assert_eq!(
+                    TokenKey::new(&source, sub, &scopes).0,
+                    published(&source, sub, &scopes)
+                );
+            }
         }
     }
 

@@ -1,7 +1,13 @@
 //! Logs, traces and metrics.
 //!
 //! Logs go to stderr (stdout stays free for what the demo prints): text, coloured
-//! only on a terminal, or JSON lines. Traces are exported over OTLP when the
+//! only on a terminal, or JSON lines. A thread of their own writes them, in
+//! batches: a request formats its line and queues it, and never waits on a
+//! write to stderr (one syscall per line was a tenth of a cached token's
+//! CPU time). The queue never drops a line: when it is full (128,000
+//! lines), requests wait, as they did on stderr. [`TelemetryGuard`] drains
+//! it on exit; lines still queued when the process is killed (SIGKILL) are
+//! lost. Traces are exported over OTLP when the
 //! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, over
 //! gRPC or, with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, HTTP; an `https`
 //! endpoint is verified against the system's roots, or only against the CA in
@@ -11,7 +17,7 @@
 pub mod metrics;
 pub mod propagation;
 
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{
@@ -21,6 +27,10 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::transport::{Certificate, ClientTlsConfig};
+use tracing::field::{Field, Visit};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -33,9 +43,17 @@ const OTLP_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 pub use crate::config::LogFormat;
 
-/// Flushes buffered spans when dropped, so the last ones are not lost at exit.
+/// How much of the log the writer thread hands to stderr in one write.
+const LOG_WRITE_BUFFER: usize = 64 * 1024;
+
+/// Flushes buffered spans and log lines when dropped, so the last ones are
+/// not lost at exit.
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
+    /// Dropped after the tracer provider (fields drop after `drop`), so
+    /// whatever shutting it down logs is written too; waits up to a second
+    /// for the queued lines to reach stderr.
+    _logs: WorkerGuard,
 }
 
 impl Drop for TelemetryGuard {
@@ -51,15 +69,23 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, from `main`, inside the Tokio runtime.
 pub fn init(format: LogFormat) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (stderr, log_guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("bankauth-logs")
+        .finish(BufWriter::with_capacity(
+            LOG_WRITE_BUFFER,
+            std::io::stderr(),
+        ));
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .fmt_fields(TextFields)
+            .with_writer(stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .boxed(),
     };
     let (tracer_provider, export_error) = match otlp_tracer_provider() {
@@ -78,7 +104,66 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     if let Some(error) = export_error {
         tracing::warn!(%error, "OTLP trace export is configured but could not start; traces are off");
     }
-    TelemetryGuard { tracer_provider }
+    TelemetryGuard {
+        tracer_provider,
+        _logs: log_guard,
+    }
+}
+
+/// Text lines' fields: tracing-subscriber's default layout (`name=value`,
+/// the message bare), less the fields that name a span for OTLP only
+/// (`otel.*`, `rpc.system`). Every RPC's line carried them, `method` says
+/// the same, and formatting them was a tenth of a line's cost.
+struct TextFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for TextFields {
+    type Visitor = OmitOtlpOnly<DefaultVisitor<'a>>;
+
+    fn make_visitor(&self, target: Writer<'a>) -> Self::Visitor {
+        OmitOtlpOnly(DefaultVisitor::new(target, true))
+    }
+}
+
+/// Passes every field but the OTLP-only ones to the visitor inside.
+struct OmitOtlpOnly<V>(V);
+
+impl<V> OmitOtlpOnly<V> {
+    fn shown(field: &Field) -> bool {
+        let name = field.name();
+        !name.starts_with("otel.") && name != "rpc.system"
+    }
+}
+
+impl<V: Visit> Visit for OmitOtlpOnly<V> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if Self::shown(field) {
+            self.0.record_str(field, value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if Self::shown(field) {
+            self.0.record_error(field, value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if Self::shown(field) {
+            self.0.record_debug(field, value);
+        }
+    }
+}
+
+impl<V: VisitOutput<std::fmt::Result>> VisitOutput<std::fmt::Result> for OmitOtlpOnly<V> {
+    fn finish(self) -> std::fmt::Result {
+        self.0.finish()
+    }
+}
+
+impl<V: VisitFmt> VisitFmt for OmitOtlpOnly<V> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        self.0.writer()
+    }
 }
 
 /// An OTLP exporter when the standard environment asks for one.
@@ -183,4 +268,60 @@ fn http_client_trusting(pem: Vec<u8>) -> Result<reqwest::blocking::Client, Expor
     .map_err(|_| {
         ExporterBuildError::InternalFailure("building the OTLP HTTP client panicked".into())
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_lines_leave_out_the_otlp_only_fields() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(TextFields)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = "bankauth.v1.AuthService/GetUser",
+                otel.kind = "server",
+                rpc.system = "grpc",
+                method = "GetUser",
+                caller = tracing::field::Empty,
+            );
+            span.record("caller", "app");
+            let _entered = span.enter();
+            tracing::info!(latency_ms = 1.5, "rpc finished");
+        });
+        let line = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            line.contains(r#"rpc{method="GetUser" caller="app"}: "#),
+            "{line}"
+        );
+        assert!(line.contains("rpc finished latency_ms=1.5"), "{line}");
+        assert!(
+            !line.contains("otel.") && !line.contains("rpc.system"),
+            "{line}"
+        );
+    }
 }

@@ -697,6 +697,111 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     }
 }
 
+/// Every token handed out is attributable from the logs alone: its RPC's
+/// one line (target `bankauth::audit`, JSON here) names the caller, the
+/// provider, the user, the scopes and the cache outcome. The process is
+/// stopped right after the last call, so its line must survive the
+/// shutdown (log lines are written by a thread of their own).
+#[tokio::test]
+async fn each_token_handed_out_is_one_log_line_naming_its_caller() {
+    const API_KEY: &str = "audit-test-api-key-8d969eef6ecad3c2";
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[telemetry]\nlog_format = \"json\"\n\n[access.callers.backend]\napi_key_sha256 = [\"{}\"]\nrpcs = [\"*\"]\nproviders = [\"*\"]\nscopes = [\"*\"]\n",
+        crate::helpers::sha256_hex(API_KEY)
+    );
+    let config = write_config(&dir, &upstream, &extra);
+    let (mut child, mut lines) = serve_binary(&config, &[]);
+    let listening = wait_for(&mut lines, "bankauth listening").await;
+    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
+    let addr = listening["fields"]["addr"].as_str().unwrap().to_owned();
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    fn authorized<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let bearer = format!("Bearer {API_KEY}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    }
+    let user = client
+        .create_user(authorized(new_user("customer-1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .id;
+    // A miss, then a hit, then a token with data scopes.
+    for _ in 0..2 {
+        client
+            .issue_widget_token(authorized(bankauth::proto::v1::IssueWidgetTokenRequest {
+                provider: String::new(),
+                user_id: user.clone(),
+                force_refresh: false,
+            }))
+            .await
+            .unwrap();
+    }
+    client
+        .issue_data_token(authorized(bankauth::proto::v1::IssueDataTokenRequest {
+            provider: String::new(),
+            user_id: user.clone(),
+            scopes: vec!["accounts:read".into()],
+            force_refresh: false,
+        }))
+        .await
+        .unwrap();
+    signal(child.id().unwrap(), "TERM");
+    assert!(child.wait().await.unwrap().success());
+
+    let mut log = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        log.push(serde_json::from_str::<serde_json::Value>(&line).expect("JSON log lines"));
+    }
+    let issued: Vec<&serde_json::Value> = log
+        .iter()
+        .filter(|line| line["span"]["event"] == "token_issued")
+        .collect();
+    let tokens: Vec<(&str, &str, &str)> = issued
+        .iter()
+        .map(|line| {
+            assert_eq!(line["target"], "bankauth::audit", "{line}");
+            assert_eq!(line["fields"]["message"], "rpc finished", "{line}");
+            let span = &line["span"];
+            assert_eq!(span["caller"], "backend", "{line}");
+            assert_eq!(span["provider"], "sandbox", "{line}");
+            assert_eq!(span["sub"], user.as_str(), "{line}");
+            assert_eq!(span["code"], "OK", "{line}");
+            (
+                span["method"].as_str().unwrap(),
+                span["scopes"].as_str().unwrap(),
+                span["cache"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            ("IssueWidgetToken", "widget_authentication", "miss"),
+            ("IssueWidgetToken", "widget_authentication", "hit"),
+            ("IssueDataToken", "accounts:read", "miss"),
+        ],
+        "one line per token handed out, and only one"
+    );
+    let token_rpcs = log
+        .iter()
+        .filter(|line| {
+            line["span"]["method"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Issue"))
+        })
+        .filter(|line| line["target"] == "bankauth::audit")
+        .count();
+    assert_eq!(token_rpcs, 3, "a token RPC writes one line: {log:#?}");
+}
+
 /// SIGTERM while callers keep calling: every call accepted before the
 /// signal completes (some are waiting on a slow provider), calls after it
 /// are refused rather than cut off, and the process exits 0.
