@@ -1,3 +1,4 @@
+#[cfg(feature = "sandbox")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,8 +44,9 @@ enum Command {
     },
     /// Ask a running bankauth for its gRPC health; exit 0 when SERVING (for container health checks).
     Health {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: SocketAddr,
+        /// host:port, a name (such as a Kubernetes Service's) or an address.
+        #[arg(long, default_value = "127.0.0.1:50051", value_parser = host_and_port)]
+        addr: String,
         /// The health service to check: "" (readiness) or "liveness".
         #[arg(long, default_value = "")]
         service: String,
@@ -96,7 +98,17 @@ fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
-async fn health(addr: SocketAddr, service: String) -> Result<(), Box<dyn std::error::Error>> {
+/// `--addr`: a host (name, IPv4 or [IPv6]) and a port, as in a URL's authority.
+fn host_and_port(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(text.to_owned())
+        }
+        _ => Err("expected host:port, e.g. bankauth.payments.svc:50051".to_owned()),
+    }
+}
+
+async fn health(addr: String, service: String) -> Result<(), Box<dyn std::error::Error>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(2))

@@ -209,7 +209,18 @@ impl Application {
         let auth = AuthServiceServer::new(AuthApi::new(self.service, self.access))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut builder = Server::builder();
+        // tonic's max_connection_age_grace is left unset on purpose: in
+        // tonic 0.14 setting it replaces the GOAWAY at max_connection_age
+        // with an abrupt close at age + grace. Without it, in-flight RPCs
+        // finish after the GOAWAY, each within request_timeout_ms.
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(self.server.http2_keepalive_interval())
+            .http2_keepalive_timeout(Some(Duration::from_millis(
+                self.server.http2_keepalive_timeout_ms,
+            )));
+        if let Some(age) = self.server.max_connection_age() {
+            builder = builder.max_connection_age(age);
+        }
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }

@@ -216,6 +216,14 @@ pub(crate) mod tests {
                 MINIMAL.replace("[access.callers.app]", "[access.callers.app.x]"),
                 "access",
             ),
+            (
+                format!("[server]\nhttp2_keepalive_timeout_ms = 0\n{MINIMAL}"),
+                "server.http2_keepalive_timeout_ms",
+            ),
+            (
+                format!("[server]\nmax_connection_age_ms = 500\n{MINIMAL}"),
+                "server.max_connection_age_ms",
+            ),
         ];
         for (toml, key) in cases {
             let error = Config::from_toml(&toml).unwrap_err().to_string();

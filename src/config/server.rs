@@ -2,10 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::ConfigError;
+
+/// The shortest `server.max_connection_age_ms` other than 0.
+const MIN_CONNECTION_AGE_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +30,17 @@ pub struct ServerConfig {
     /// that cannot speak TLS (Kubernetes' gRPC probes, container health
     /// checks) when the gRPC port has `tls`.
     pub health_listen_addr: Option<SocketAddr>,
+    /// Interval of the HTTP/2 PINGs sent on every connection
+    /// (0: none), so a peer that vanished without closing (a node lost, a
+    /// NAT entry dropped) is noticed and its connection freed.
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout_ms: u64,
+    /// Connections older than this get a GOAWAY (0: no limit): clients finish
+    /// their in-flight RPCs (each bounded by `request_timeout_ms`) and
+    /// reconnect through the Service, so new replicas get a share of
+    /// long-lived clients' traffic.
+    pub max_connection_age_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +62,9 @@ impl Default for ServerConfig {
             tls: None,
             allow_plaintext: false,
             health_listen_addr: None,
+            http2_keepalive_interval_ms: 60_000,
+            http2_keepalive_timeout_ms: 20_000,
+            max_connection_age_ms: 30 * 60 * 1000,
         }
     }
 }
@@ -65,7 +83,31 @@ impl ServerConfig {
                 "must be positive",
             ));
         }
+        if self.http2_keepalive_interval_ms > 0 && self.http2_keepalive_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "server.http2_keepalive_timeout_ms",
+                "must be positive while server.http2_keepalive_interval_ms is on",
+            ));
+        }
+        // Below a second every client would spend its time reconnecting.
+        if (1..MIN_CONNECTION_AGE_MS).contains(&self.max_connection_age_ms) {
+            return Err(ConfigError::invalid(
+                "server.max_connection_age_ms",
+                format!("must be 0 (no limit) or at least {MIN_CONNECTION_AGE_MS}"),
+            ));
+        }
         Ok(())
+    }
+
+    /// The HTTP/2 keepalive interval, when PINGs are on.
+    pub fn http2_keepalive_interval(&self) -> Option<Duration> {
+        (self.http2_keepalive_interval_ms > 0)
+            .then(|| Duration::from_millis(self.http2_keepalive_interval_ms))
+    }
+
+    /// The age after which a connection is sent GOAWAY, when limited.
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        (self.max_connection_age_ms > 0).then(|| Duration::from_millis(self.max_connection_age_ms))
     }
 
     /// Whether callers may present client certificates (mutual TLS).

@@ -5,7 +5,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with, start_upstream};
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_service() {
@@ -159,5 +159,139 @@ fn the_readme_configuration_is_valid() {
             ProviderKind::Moneykit,
             ProviderKind::Oauth2
         ]
+    );
+}
+
+/// A bare HTTP/2 connection to bankauth, read frame by frame, so a test sees
+/// exactly what the server sends (a client library would hide GOAWAY and
+/// PING behind reconnects).
+struct RawHttp2(tokio::net::TcpStream);
+
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+impl RawHttp2 {
+    /// Sends the client preface and an empty SETTINGS frame.
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Self(stream);
+        raw.send(SETTINGS, 0, &[]).await;
+        raw
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut frame = vec![length[1], length[2], length[3], kind, flags, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        self.0.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame's type, flags and payload; None once the server closed.
+    async fn next(&mut self) -> Option<(u8, u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut header = [0u8; 9];
+        self.0.read_exact(&mut header).await.ok()?;
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        self.0.read_exact(&mut payload).await.ok()?;
+        Some((header[3], header[4], payload))
+    }
+}
+
+/// Long enough for any of the ages and intervals below, on a loaded machine.
+const GENEROUS: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[tokio::test]
+async fn connections_older_than_max_connection_age_are_sent_goaway() {
+    let app = spawn_app_with(start_upstream().await, |c| {
+        c.server.max_connection_age_ms = 1_000;
+        c.server.http2_keepalive_interval_ms = 0;
+    })
+    .await;
+    let mut connection = RawHttp2::connect(app.addr).await;
+    let goaway = tokio::time::timeout(GENEROUS, async {
+        // A well-behaved client: it acknowledges SETTINGS and PINGs (h2's
+        // graceful shutdown pings), so only the age can end the connection.
+        while let Some((kind, flags, payload)) = connection.next().await {
+            match kind {
+                GOAWAY => return true,
+                SETTINGS if flags & ACK == 0 => connection.send(SETTINGS, ACK, &[]).await,
+                PING if flags & ACK == 0 => connection.send(PING, ACK, &payload).await,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        goaway,
+        Ok(true),
+        "no GOAWAY within {GENEROUS:?} of a 1 s max age"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    let app = spawn_app_with(start_upstream().await, |c| {
+        c.server.http2_keepalive_interval_ms = 1_000;
+        c.server.http2_keepalive_timeout_ms = 1_000;
+        c.server.max_connection_age_ms = 0;
+    })
+    .await;
+    let mut connection = RawHttp2::connect(app.addr).await;
+    let pinged_then_closed = tokio::time::timeout(GENEROUS, async {
+        let mut pinged = false;
+        // A vanished peer: SETTINGS acknowledged, PINGs never answered.
+        while let Some((kind, flags, _)) = connection.next().await {
+            match kind {
+                SETTINGS if flags & ACK == 0 => connection.send(SETTINGS, ACK, &[]).await,
+                PING if flags & ACK == 0 => pinged = true,
+                _ => {}
+            }
+        }
+        pinged
+    })
+    .await;
+    assert_eq!(
+        pinged_then_closed,
+        Ok(true),
+        "expected a PING, then the connection closed, within {GENEROUS:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_health_subcommand_reaches_a_server_by_host_name() {
+    // As the chart's `helm test` pod does, through the Service's DNS name.
+    let app = spawn_app().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_bankauth"))
+        .args(["health", "--service", "bankauth.v1.AuthService", "--addr"])
+        .arg(format!("localhost:{}", app.addr.port()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "SERVING");
+
+    let no_port = tokio::process::Command::new(env!("CARGO_BIN_EXE_bankauth"))
+        .args(["health", "--addr", "localhost"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&no_port.stderr).contains("expected host:port"),
+        "{}",
+        String::from_utf8_lossy(&no_port.stderr)
     );
 }

@@ -134,3 +134,25 @@ as floats, booleans, and lists of those.
 {{ int64 .Values.terminationGracePeriodSeconds }}
 {{- end -}}
 {{- end }}
+
+{{/*
+Labels of the `helm test` pod: not the selector labels, so neither the
+Service, the PodDisruptionBudget nor the NetworkPolicy takes it for a replica.
+*/}}
+{{- define "bankauth.testLabels" -}}
+helm.sh/chart: {{ include "bankauth.chart" . }}
+app.kubernetes.io/name: {{ include "bankauth.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: test
+{{- end }}
+
+{{- define "bankauth.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "bankauth.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* PromQL label matchers for this release's series (prometheusRule.selector). */}}
+{{- define "bankauth.metricSelector" -}}
+{{- default (printf "namespace=%q,job=%q" .Release.Namespace (include "bankauth.fullname" .)) .Values.prometheusRule.selector -}}
+{{- end }}
