@@ -55,6 +55,12 @@ pub struct AuthorizationRequest<'a> {
     pub code_verifier: Option<&'a str>,
 }
 
+/// Held while a peer starts; see [`OidcPeer::start`].
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// A bound against a peer that never starts, not a timing assertion.
+const STARTUP_BOUND: Duration = Duration::from_secs(120);
+
 impl OidcPeer {
     /// Starts the peer with a fresh RS256 client key registered as the
     /// client's JWKS, and waits until it listens.
@@ -78,6 +84,11 @@ impl OidcPeer {
         )
         .unwrap();
 
+        // One peer starts at a time: a dozen Node processes loading
+        // oidc-provider at once on two busy cores took over 30 s each.
+        let _starting = STARTING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .current_dir(&dir)
@@ -114,7 +125,7 @@ impl OidcPeer {
                 }
             }
         });
-        let port = port.recv_timeout(Duration::from_secs(30)).ok().flatten();
+        let port = port.recv_timeout(STARTUP_BOUND).ok().flatten();
         let mut peer = Self {
             child,
             port: 0,
@@ -130,7 +141,8 @@ impl OidcPeer {
         match port {
             Some(port) => peer.port = port,
             None => panic!(
-                "the OpenID provider did not print `listening <port>` within 30 s (exit: {:?}); its log:\n{}",
+                "the OpenID provider did not print `listening <port>` within {:?} (exit: {:?}); its log:\n{}",
+                STARTUP_BOUND,
                 peer.child.try_wait(),
                 peer.log_tail()
             ),

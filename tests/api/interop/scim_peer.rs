@@ -90,7 +90,7 @@ impl ScimPeer {
             port: 0,
             log,
         };
-        match listening.recv_timeout(Duration::from_secs(30)) {
+        match listening.recv_timeout(Duration::from_secs(120)) {
             Ok(Some(port)) => peer.port = port,
             outcome => {
                 // Let the stderr reader catch the last lines of a peer that exited.
@@ -100,7 +100,7 @@ impl ScimPeer {
                      peer log tail:\n{}",
                     match (outcome, exited) {
                         (_, Some(status)) => format!("it exited with {status}"),
-                        (Err(_), None) => "no `listening` line within 30 s".to_owned(),
+                        (Err(_), None) => "no `listening` line within 120 s".to_owned(),
                         (Ok(_), None) => "it closed its stdout".to_owned(),
                     },
                     peer.log_tail()
