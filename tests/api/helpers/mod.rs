@@ -289,24 +289,7 @@ pub async fn authorization_response(
         .append_pair("client_id", bankauth::demo::DEMO_CLIENT_ID)
         .append_pair("response_type", "code")
         .extend_pairs(params);
-    let response = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303, "{:?}", response.text().await);
-    let location: url::Url = response.headers()["location"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    location
-        .query_pairs()
-        .find(|(found, _)| found == name)
-        .map(|(_, value)| value.into_owned())
+    follow_authorization_url(url.as_str()).await.remove(name)
 }
 
 /// Lowercase hex SHA-256, computed independently of bankauth's own helper.
