@@ -13,7 +13,7 @@
 //! server once, and the tables report medians over rounds. Server CPU per
 //! request comes from `/proc/<pid>/stat`. Each point is checked: h2load's
 //! 2xx count must equal the requests it sent, and bankauth's own
-//! `bankauth_rpc_requests_total` must have grown by as much with code OK,
+//! `grpc_server_handled_total` must have grown by as much with code OK,
 //! and with any other code by no more than the calls in flight when h2load
 //! stops and hangs up on them (a gRPC error also travels as HTTP 200). The anchors and the demo (no
 //! metrics port) are checked with a tonic client before and after.
@@ -337,11 +337,11 @@ impl Server {
         stream.read_to_string(&mut text).ok()?;
         let (mut ok, mut other) = (0, 0);
         for line in text.lines().filter(|line| {
-            line.starts_with("bankauth_rpc_requests_total")
-                && line.contains("method=\"IssueWidgetToken\"")
+            line.starts_with("grpc_server_handled_total")
+                && line.contains("grpc_method=\"IssueWidgetToken\"")
         }) {
             let count = line.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
-            if line.contains("code=\"OK\"") {
+            if line.contains("grpc_code=\"OK\"") {
                 ok += count;
             } else {
                 other += count;

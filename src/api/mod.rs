@@ -25,6 +25,7 @@ use crate::proto::v1::auth_service_server::AuthService as AuthServiceRpc;
 use crate::proto::v1::invalidate_token_request::Token as InvalidateForm;
 use crate::provider::{Provider, TokenTypeHint, WIDGET_SCOPE};
 use crate::service::{AuthService, CacheOutcome, CodeExchange, TokenSet};
+use crate::telemetry::metrics::GrpcMethod;
 use observe::{AUDIT, Method};
 use status::RpcError;
 
@@ -515,7 +516,11 @@ impl AuthApi {
     {
         let client_certificates = request.peer_certs();
         let (metadata, extensions, message) = request.into_parts();
-        let Some(&Method(method)) = extensions.get::<Method>() else {
+        let Some(&Method(GrpcMethod {
+            grpc_method: method,
+            ..
+        })) = extensions.get::<Method>()
+        else {
             return Err(Status::internal(
                 "the AuthService is served without its observer",
             ));

@@ -36,39 +36,72 @@ use super::status::Reason;
 use crate::access::RPCS;
 use crate::deadline;
 use crate::proto::v1::auth_service_server::SERVICE_NAME;
+use crate::telemetry::metrics::GrpcMethod;
 use crate::telemetry::{Metrics, propagation};
 
-/// The other methods this server serves, labelled by their full names.
-const OTHER_METHODS: &[&str] = &[
-    "grpc.health.v1.Health/Check",
-    "grpc.health.v1.Health/Watch",
-    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+/// The other methods this server serves.
+const OTHER_METHODS: &[GrpcMethod] = &[
+    GrpcMethod {
+        grpc_type: "unary",
+        grpc_service: "grpc.health.v1.Health",
+        grpc_method: "Check",
+    },
+    GrpcMethod {
+        grpc_type: "server_stream",
+        grpc_service: "grpc.health.v1.Health",
+        grpc_method: "Watch",
+    },
+    GrpcMethod {
+        grpc_type: "bidi_stream",
+        grpc_service: "grpc.reflection.v1.ServerReflection",
+        grpc_method: "ServerReflectionInfo",
+    },
+    GrpcMethod {
+        grpc_type: "bidi_stream",
+        grpc_service: "grpc.reflection.v1alpha.ServerReflection",
+        grpc_method: "ServerReflectionInfo",
+    },
 ];
 
 /// The log target of each call's line and span: every call is audited, and
 /// `RUST_LOG=warn,bankauth::audit=info` keeps exactly these lines.
 pub const AUDIT: &str = "bankauth::audit";
 
-/// The label of any path this server does not serve.
-const UNKNOWN_METHOD: &str = "unknown";
+/// The labels of any path this server does not serve (so that a scan of
+/// made-up paths cannot grow the metrics without bound).
+const UNKNOWN_METHOD: GrpcMethod = GrpcMethod {
+    grpc_type: "unary",
+    grpc_service: "unknown",
+    grpc_method: "unknown",
+};
 
-/// The method a call is for, as metrics and logs label it: an AuthService
-/// RPC by its name in [`RPCS`], anything else served by its full name.
-/// The layer puts it in the request's extensions, where the policy check
-/// reads it.
+/// The method a call is for, as metrics, spans and logs label it. The
+/// layer puts it in the request's extensions, where the policy check reads
+/// an AuthService RPC's name (`grpc_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Method(pub &'static str);
+pub struct Method(pub GrpcMethod);
 
 impl Method {
     fn of(path: &str) -> Self {
         let path = path.strip_prefix('/').unwrap_or(path);
-        let rpc = path
-            .strip_prefix(SERVICE_NAME)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .and_then(|name| RPCS.iter().find(|rpc| **rpc == name));
-        let other = || OTHER_METHODS.iter().find(|method| **method == path);
-        Self(rpc.or_else(other).copied().unwrap_or(UNKNOWN_METHOD))
+        let Some((service, method)) = path.split_once('/') else {
+            return Self(UNKNOWN_METHOD);
+        };
+        let rpc = (service == SERVICE_NAME)
+            .then(|| RPCS.iter().find(|rpc| **rpc == method).copied())
+            .flatten()
+            .map(|rpc| GrpcMethod {
+                grpc_type: "unary",
+                grpc_service: SERVICE_NAME,
+                grpc_method: rpc,
+            });
+        let other = || {
+            OTHER_METHODS
+                .iter()
+                .find(|known| known.grpc_service == service && known.grpc_method == method)
+                .copied()
+        };
+        Self(rpc.or_else(other).unwrap_or(UNKNOWN_METHOD))
     }
 }
 
@@ -131,8 +164,10 @@ where
             "rpc",
             otel.name = path.strip_prefix('/').unwrap_or(&path),
             otel.kind = "server",
+            otel.status_description = field::Empty,
             rpc.system = "grpc",
-            method = method.0,
+            rpc.service = method.0.grpc_service,
+            rpc.method = method.0.grpc_method,
             caller = field::Empty,
             event = field::Empty,
             provider = field::Empty,
@@ -140,8 +175,10 @@ where
             scopes = field::Empty,
             cache = field::Empty,
             code = field::Empty,
+            rpc.grpc.status_code = field::Empty,
             trace_id = field::Empty,
         );
+        self.layer.metrics.rpc_started(method.0);
         if let Some(trace_id) = propagation::continue_trace(&span, request.headers()) {
             span.record("trace_id", trace_id);
         }
@@ -243,13 +280,18 @@ impl Observer {
         reason.status(status.message(), ErrorDetails::new(), metadata)
     }
 
-    /// The call's one log line and metric sample.
+    /// The call's one log line and metric sample, and its span's status.
     fn finish(self, code: Code, message: &str) {
         let elapsed = self.started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        let code_name = code_name(code);
-        self.span.record("code", code_name);
-        self.metrics.rpc(self.method.0, code_name, elapsed);
+        self.span.record("code", code_name(code));
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            // Marks the span as failed (tracing-opentelemetry's convention).
+            self.span.record("otel.status_description", message);
+        }
+        self.metrics
+            .rpc_handled(self.method.0, go_code_name(code), elapsed);
         let _entered = self.span.enter();
         match code {
             Code::Ok => tracing::info!(target: AUDIT, latency_ms, "rpc finished"),
@@ -319,7 +361,46 @@ impl Drop for Watched {
     }
 }
 
-/// The canonical gRPC code names, as metrics and logs label them.
+/// Whether a server span ending with `code` failed, as OpenTelemetry's
+/// semantic conventions for gRPC define it: the server's own failures. A
+/// caller's mistake (INVALID_ARGUMENT, NOT_FOUND, ...) leaves it unset.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// The code names grpc-go gives (`codes.Code.String()`), which the
+/// grpc-ecosystem metrics use in `grpc_code` and dashboards query.
+fn go_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The canonical gRPC code names, as logs label them.
 fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
@@ -371,16 +452,26 @@ mod tests {
     fn paths_resolve_to_bounded_labels() {
         assert_eq!(
             Method::of("/bankauth.v1.AuthService/IssueWidgetToken"),
-            Method("IssueWidgetToken")
+            Method(GrpcMethod {
+                grpc_type: "unary",
+                grpc_service: "bankauth.v1.AuthService",
+                grpc_method: "IssueWidgetToken",
+            })
         );
         assert_eq!(
             Method::of("/grpc.health.v1.Health/Check"),
-            Method("grpc.health.v1.Health/Check")
+            Method(OTHER_METHODS[0])
+        );
+        assert_eq!(
+            Method::of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Method(OTHER_METHODS[3])
         );
         for unknown in [
             "/bankauth.v1.AuthService/Nope",
             "/bankauth.v1.AuthServiceX/GetUser",
             "/bankauth.v1.AuthService",
+            "/grpc.health.v1.Health/Nope",
+            "/bankauth.v1.AuthService/Check",
             "/",
             "",
         ] {

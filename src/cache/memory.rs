@@ -73,6 +73,17 @@ impl MemoryStore {
         }
     }
 
+    /// How many tokens this process holds (some may be past their deadline,
+    /// not yet dropped).
+    pub fn tokens(&self) -> u64 {
+        self.tokens.len() as u64
+    }
+
+    /// How many external ids this process remembers.
+    pub fn users(&self) -> u64 {
+        self.users.len() as u64
+    }
+
     pub fn get_token(&self, key: &TokenKey) -> Option<CachedToken> {
         let entry = self.tokens.get(key)?;
         if Instant::now() < entry.expires_at {

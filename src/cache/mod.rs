@@ -353,6 +353,10 @@ impl Cache {
             metrics,
             outage: Arc::default(),
         };
+        let memory = cache.memory.clone();
+        cache.metrics.sample_on_scrape(move |metrics| {
+            metrics.cache_entries(memory.tokens(), memory.users())
+        });
         if let Some(redis) = &cache.redis {
             match redis.ping().await {
                 Ok(()) => cache.metrics.redis_up(true),

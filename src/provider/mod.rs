@@ -114,19 +114,20 @@ impl Provider {
         buckets: &SharedBuckets,
     ) -> Result<Self, SetupError> {
         let (auth, client) = Self::prepare(name, config)?;
-        let breaker = |name| {
+        let breaker = |breaker| {
             Arc::new(Breaker::new(
-                name,
+                breaker,
                 BreakerPolicy {
                     failure_threshold: config.breaker_failure_threshold,
                     open_for: Duration::from_millis(config.breaker_open_ms),
                 },
+                metrics.breaker_gauge(name, breaker),
             ))
         };
         let upstream = Upstream {
             client,
             provider: name.to_owned(),
-            metrics,
+            metrics: metrics.clone(),
             retry: RetryPolicy {
                 max_attempts: config.retry_max_attempts,
                 base_delay: Duration::from_millis(config.retry_base_delay_ms),

@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use super::ProviderError;
@@ -136,6 +137,8 @@ pub struct Breaker {
     pub name: &'static str,
     policy: BreakerPolicy,
     state: Mutex<State>,
+    /// 1 from opening until a probe succeeds (`bankauth_circuit_breaker_open`).
+    open_gauge: Gauge,
 }
 
 /// Outcome of asking the breaker for permission to send.
@@ -147,11 +150,13 @@ pub enum Admission {
 }
 
 impl Breaker {
-    pub fn new(name: &'static str, policy: BreakerPolicy) -> Self {
+    pub fn new(name: &'static str, policy: BreakerPolicy, open_gauge: Gauge) -> Self {
+        open_gauge.set(0);
         Self {
             name,
             policy,
             state: Mutex::new(State::Closed { failures: 0 }),
+            open_gauge,
         }
     }
 
@@ -181,7 +186,7 @@ impl Breaker {
         let open = State::Open {
             until: Instant::now() + self.policy.open_for,
         };
-        match (&mut *state, admission, failed) {
+        let opened = match (&mut *state, admission, failed) {
             (_, Admission::Probe, false) | (State::Closed { .. }, _, false) => {
                 *state = State::Closed { failures: 0 };
                 false
@@ -192,15 +197,18 @@ impl Breaker {
             }
             (State::Closed { failures }, Admission::Closed, true) => {
                 *failures += 1;
-                if *failures >= self.policy.failure_threshold {
+                let opens = *failures >= self.policy.failure_threshold;
+                if opens {
                     *state = open;
-                    return true;
                 }
-                false
+                opens
             }
             // Outcomes of requests admitted before the breaker opened.
             (State::Open { .. } | State::Probing, Admission::Closed, _) => false,
-        }
+        };
+        self.open_gauge
+            .set(i64::from(!matches!(*state, State::Closed { .. })));
+        opened
     }
 
     /// A probe that ended without an outcome (its caller went away): let
@@ -230,6 +238,7 @@ mod tests {
                 failure_threshold: 3,
                 open_for,
             },
+            Gauge::default(),
         )
     }
 

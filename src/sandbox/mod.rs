@@ -200,8 +200,9 @@ struct State {
     jwks_stated_alg: Mutex<Option<&'static str>>,
     scim_requests: AtomicU64,
     moneykit_requests: AtomicU64,
-    /// `traceparent` headers received, to check trace propagation.
-    traceparents: Mutex<Vec<String>>,
+    /// `traceparent` and `baggage` headers received, by name, to check
+    /// trace propagation.
+    trace_headers: Mutex<Vec<(&'static str, String)>>,
     /// Each user's bank connections, by user id. Locked after `users`.
     connections: Mutex<HashMap<String, Vec<ConnectionBody>>>,
     users_requests: AtomicU64,
@@ -220,12 +221,14 @@ impl State {
             .and_then(VecDeque::pop_front)
     }
 
-    fn record_traceparent(&self, headers: &axum::http::HeaderMap) {
-        if let Some(value) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-            self.traceparents
-                .lock()
-                .expect("traceparents lock")
-                .push(value.to_owned());
+    fn record_trace_headers(&self, headers: &axum::http::HeaderMap) {
+        for name in ["traceparent", "baggage"] {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                self.trace_headers
+                    .lock()
+                    .expect("trace headers lock")
+                    .push((name, value.to_owned()));
+            }
         }
     }
 
@@ -326,7 +329,7 @@ impl Sandbox {
             jwks_stated_alg: Mutex::default(),
             scim_requests: AtomicU64::new(0),
             moneykit_requests: AtomicU64::new(0),
-            traceparents: Mutex::default(),
+            trace_headers: Mutex::default(),
             connections: Mutex::default(),
             users_requests: AtomicU64::new(0),
             revocation_requests: AtomicU64::new(0),
@@ -404,13 +407,25 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The W3C `traceparent` headers the token and SCIM endpoints received.
+    /// The W3C `traceparent` headers the token, SCIM and users endpoints received.
     pub fn traceparents(&self) -> Vec<String> {
+        self.trace_headers("traceparent")
+    }
+
+    /// The W3C `baggage` headers those endpoints received.
+    pub fn baggage_headers(&self) -> Vec<String> {
+        self.trace_headers("baggage")
+    }
+
+    fn trace_headers(&self, name: &str) -> Vec<String> {
         self.state
-            .traceparents
+            .trace_headers
             .lock()
-            .expect("traceparents lock")
-            .clone()
+            .expect("trace headers lock")
+            .iter()
+            .filter(|(received, _)| *received == name)
+            .map(|(_, value)| value.clone())
+            .collect()
     }
 
     /// Requests received at MoneyKit's token endpoint.

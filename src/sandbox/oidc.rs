@@ -504,7 +504,7 @@ pub async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
-    state.record_traceparent(&headers);
+    state.record_trace_headers(&headers);
     // Recorded before any fault, so tests see what every attempt sent.
     if let Some(assertion) = form.get("client_assertion") {
         state.record_signed(assertion);
@@ -903,7 +903,7 @@ pub async fn revoke(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     state.revocation_requests.fetch_add(1, Ordering::SeqCst);
-    state.record_traceparent(&headers);
+    state.record_trace_headers(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Revocation).await {
         return response;
     }

@@ -84,7 +84,7 @@ pub async fn create_user(
     body: Bytes,
 ) -> Response {
     state.scim_requests.fetch_add(1, Ordering::SeqCst);
-    state.record_traceparent(&headers);
+    state.record_trace_headers(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }
@@ -188,7 +188,7 @@ pub async fn get_user(
     Path(id): Path<String>,
 ) -> Response {
     state.scim_requests.fetch_add(1, Ordering::SeqCst);
-    state.record_traceparent(&headers);
+    state.record_trace_headers(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }
@@ -209,7 +209,7 @@ pub async fn delete_user(
     Path(id): Path<String>,
 ) -> Response {
     state.scim_requests.fetch_add(1, Ordering::SeqCst);
-    state.record_traceparent(&headers);
+    state.record_trace_headers(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }
@@ -237,7 +237,7 @@ pub async fn list_users(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     state.scim_requests.fetch_add(1, Ordering::SeqCst);
-    state.record_traceparent(&headers);
+    state.record_trace_headers(&headers);
     if let Some(response) = serve_fault(&state, Endpoint::Scim).await {
         return response;
     }

@@ -27,7 +27,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 /// token and its scope: `Some(response)` to answer instead.
 async fn refusal(state: &State, headers: &HeaderMap, scope: &str) -> Option<Response> {
     state.users_requests.fetch_add(1, Ordering::SeqCst);
-    state.record_traceparent(headers);
+    state.record_trace_headers(headers);
     if let Some(response) = serve_fault(state, Endpoint::Users).await {
         return Some(response);
     }

@@ -1,7 +1,17 @@
 //! Prometheus metrics, served as text on their own port (`/metrics`). One
 //! registry per process (per `Application`, so tests do not share counters).
+//!
+//! Calls are counted in the grpc-ecosystem family (`grpc_server_started_total`,
+//! `grpc_server_handled_total`, `grpc_server_handling_seconds`, labelled
+//! `grpc_type`, `grpc_service`, `grpc_method`, `grpc_code` with Go's code
+//! names) rather than OpenTelemetry's `rpc.server.duration`: these are the
+//! names Prometheus-based gRPC dashboards, alerts and SLO tools already
+//! query, and a Prometheus scrape is how bankauth exports metrics. Unlike
+//! go-grpc-prometheus, the latency histogram carries `grpc_code` too, so a
+//! latency objective can leave errors out. The rest is bankauth's own,
+//! prefixed `bankauth_`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,15 +27,39 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RpcLabels {
-    method: &'static str,
-    code: &'static str,
+/// A gRPC method as the grpc-ecosystem metrics label it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcMethod {
+    /// `unary`, `server_stream` or `bidi_stream`.
+    pub grpc_type: &'static str,
+    /// The fully qualified service, e.g. `bankauth.v1.AuthService`.
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    method: &'static str,
+struct HandledLabels {
+    #[prometheus(flatten)]
+    method: GrpcMethod,
+    grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    provider: String,
+    /// The endpoints it guards: identity, scim, users, jwks, revocation.
+    breaker: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EntryLabels {
+    /// `tokens` or `users` (remembered external ids).
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,12 +91,17 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
+/// A gauge read when scraped rather than kept up to date.
+type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// Every metric bankauth exports.
 pub struct Metrics {
     registry: Registry,
-    rpcs: Family<RpcLabels, Counter>,
-    rpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    started: Family<GrpcMethod, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling_seconds: Family<HandledLabels, Histogram, fn() -> Histogram>,
     cache: Family<CacheLabels, Counter>,
+    cache_entries: Family<EntryLabels, Gauge>,
     upstream: Family<UpstreamLabels, Counter>,
     upstream_seconds: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     redis_errors: Counter,
@@ -70,6 +109,8 @@ pub struct Metrics {
     tokens_issued: Family<ProviderLabels, Counter>,
     coalesced: Family<ProviderLabels, Counter>,
     guards: Family<GuardLabels, Counter>,
+    breaker_open: Family<BreakerLabels, Gauge>,
+    samplers: Mutex<Vec<Sampler>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,11 +121,13 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("bankauth");
+        let mut registry = Registry::default();
         let metrics = Self {
-            rpcs: Family::default(),
-            rpc_seconds: Family::new_with_constructor(latency_histogram),
+            started: Family::default(),
+            handled: Family::default(),
+            handling_seconds: Family::new_with_constructor(latency_histogram),
             cache: Family::default(),
+            cache_entries: Family::default(),
             upstream: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
             redis_errors: Counter::default(),
@@ -92,57 +135,86 @@ impl Default for Metrics {
             tokens_issued: Family::default(),
             coalesced: Family::default(),
             guards: Family::default(),
+            breaker_open: Family::default(),
+            samplers: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
-            "rpc_requests",
-            "gRPC calls, each counted once when it ends (health, reflection and refused calls included), by method and gRPC code",
-            metrics.rpcs.clone(),
+            "grpc_server_started",
+            "gRPC calls started (health, reflection and refused calls included)",
+            metrics.started.clone(),
         );
         registry.register(
-            "rpc_duration_seconds",
-            "gRPC call latency, from the request to its status, by method",
-            metrics.rpc_seconds.clone(),
+            "grpc_server_handled",
+            "gRPC calls ended, by gRPC code (Go's names: OK, NotFound, Unavailable, ...)",
+            metrics.handled.clone(),
         );
         registry.register(
+            "grpc_server_handling_seconds",
+            "gRPC call latency, from the request to its status, by gRPC code",
+            metrics.handling_seconds.clone(),
+        );
+        let own = registry.sub_registry_with_prefix("bankauth");
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        own.register(
+            "build_info",
+            "1, labelled with the running bankauth's version",
+            build,
+        );
+        own.register(
             "cache_lookups",
             "Token cache lookups, by tier (memory, redis) and outcome (hit, miss)",
             metrics.cache.clone(),
         );
-        registry.register(
+        own.register(
+            "cache_entries",
+            "Entries in this process's cache tier, by kind (tokens, users: remembered external ids)",
+            metrics.cache_entries.clone(),
+        );
+        own.register(
             "upstream_requests",
             "HTTP requests to providers, by provider, endpoint and outcome",
             metrics.upstream.clone(),
         );
-        registry.register(
+        own.register(
             "upstream_duration_seconds",
             "Provider HTTP request latency, by provider",
             metrics.upstream_seconds.clone(),
         );
-        registry.register(
+        own.register(
             "redis_errors",
             "Redis commands that failed",
             metrics.redis_errors.clone(),
         );
-        registry.register(
+        own.register(
             "redis_up",
             "1 while Redis answers; 0 during an outage, or when no Redis is configured",
             metrics.redis_up.clone(),
         );
-        registry.register(
+        own.register(
             "tokens_issued",
             "Tokens obtained from providers (cache misses that succeeded)",
             metrics.tokens_issued.clone(),
         );
-        registry.register(
+        own.register(
             "coalesced_requests",
             "Token requests that joined another caller's upstream call, by provider",
             metrics.coalesced.clone(),
         );
-        registry.register(
+        own.register(
             "upstream_guard_events",
             "Retries, circuit-breaker and request-budget events, by provider",
             metrics.guards.clone(),
+        );
+        own.register(
+            "circuit_breaker_open",
+            "1 from the moment a provider's circuit breaker opens until a probe succeeds, else 0; by provider and breaker (identity, scim, users, jwks, revocation)",
+            metrics.breaker_open.clone(),
         );
         Self {
             registry,
@@ -152,10 +224,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn rpc(&self, method: &'static str, code: &'static str, elapsed: Duration) {
-        self.rpcs.get_or_create(&RpcLabels { method, code }).inc();
-        self.rpc_seconds
-            .get_or_create(&MethodLabels { method })
+    /// A call has started.
+    pub fn rpc_started(&self, method: GrpcMethod) {
+        self.started.get_or_create(&method).inc();
+    }
+
+    /// A call has ended with `code` (a Go code name) after `elapsed`.
+    pub fn rpc_handled(&self, method: GrpcMethod, grpc_code: &'static str, elapsed: Duration) {
+        let labels = HandledLabels { method, grpc_code };
+        self.handled.get_or_create(&labels).inc();
+        self.handling_seconds
+            .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
     }
 
@@ -215,6 +294,34 @@ impl Metrics {
             .inc();
     }
 
+    /// The gauge a breaker sets to 1 while open, 0 while closed.
+    pub fn breaker_gauge(&self, provider: &str, breaker: &'static str) -> Gauge {
+        self.breaker_open
+            .get_or_create(&BreakerLabels {
+                provider: provider.to_owned(),
+                breaker,
+            })
+            .clone()
+    }
+
+    /// How many tokens and remembered users this process holds.
+    pub fn cache_entries(&self, tokens: u64, users: u64) {
+        for (kind, count) in [("tokens", tokens), ("users", users)] {
+            self.cache_entries
+                .get_or_create(&EntryLabels { kind })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Runs `sample` before each scrape, to set gauges that are cheaper to
+    /// read then than to keep up to date.
+    pub fn sample_on_scrape(&self, sample: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.samplers
+            .lock()
+            .expect("samplers lock")
+            .push(Box::new(sample));
+    }
+
     pub fn coalesced(&self, provider: &str) {
         self.coalesced
             .get_or_create(&ProviderLabels {
@@ -225,6 +332,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        for sample in self.samplers.lock().expect("samplers lock").iter() {
+            sample(self);
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -11,9 +11,11 @@
 //! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, over
 //! gRPC or, with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, HTTP; an `https`
 //! endpoint is verified against the system's roots, or only against the CA in
-//! `OTEL_EXPORTER_OTLP_CERTIFICATE` when that is set. W3C `traceparent` is
-//! continued from incoming gRPC metadata and passed to providers.
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` when that is set. The caller's trace
+//! context is continued, and passed to providers, by the propagators
+//! `OTEL_PROPAGATORS` selects ([`propagation`]).
 
+mod json;
 pub mod metrics;
 pub mod propagation;
 
@@ -24,13 +26,13 @@ use opentelemetry_otlp::{
     ExporterBuildError, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::field::{Field, Visit};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::{FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -76,6 +78,8 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
             LOG_WRITE_BUFFER,
             std::io::stderr(),
         ));
+    let json = json::JsonLines::default();
+    let traced_by = json.traced_by();
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .fmt_fields(TextFields)
@@ -83,8 +87,8 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
+            .fmt_fields(json::JsonMembers)
+            .event_format(json)
             .with_writer(stderr)
             .boxed(),
     };
@@ -95,12 +99,23 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     let traces = tracer_provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("bankauth")));
+    let traced = traces.is_some();
     tracing_subscriber::registry()
         .with(filter)
         .with(logs)
         .with(traces)
         .init();
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    if traced {
+        tracing::dispatcher::get_default(|dispatch| traced_by.set(dispatch.downgrade()))
+            .expect("set once, here");
+    }
+    let unknown_propagators = propagation::install_from_env();
+    if !unknown_propagators.is_empty() {
+        tracing::warn!(
+            ignored = ?unknown_propagators,
+            "OTEL_PROPAGATORS names propagators bankauth does not have (it has tracecontext, baggage and none); they are ignored"
+        );
+    }
     if let Some(error) = export_error {
         tracing::warn!(%error, "OTLP trace export is configured but could not start; traces are off");
     }
@@ -110,17 +125,36 @@ pub fn init(format: LogFormat) -> TelemetryGuard {
     }
 }
 
+/// Whether a field is for OTLP only, and left out of log lines: the span's
+/// name, kind and status (`otel.*`), `rpc.system`, and the numeric
+/// `rpc.grpc.status_code`, which `code` names. Every RPC's line carried
+/// them, and formatting them was a tenth of a line's cost.
+fn is_otlp_only(name: &str) -> bool {
+    name.starts_with("otel.") || name == "rpc.system" || name == "rpc.grpc.status_code"
+}
+
 /// Text lines' fields: tracing-subscriber's default layout (`name=value`,
-/// the message bare), less the fields that name a span for OTLP only
-/// (`otel.*`, `rpc.system`). Every RPC's line carried them, `method` says
-/// the same, and formatting them was a tenth of a line's cost.
+/// the message bare), less the fields for OTLP only.
 struct TextFields;
 
-impl<'a> MakeVisitor<Writer<'a>> for TextFields {
-    type Visitor = OmitOtlpOnly<DefaultVisitor<'a>>;
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        let mut visitor = OmitOtlpOnly(DefaultVisitor::new(writer, true));
+        fields.record(&mut visitor);
+        visitor.finish()
+    }
 
-    fn make_visitor(&self, target: Writer<'a>) -> Self::Visitor {
-        OmitOtlpOnly(DefaultVisitor::new(target, true))
+    /// Fields recorded later follow the others after a space, written only
+    /// before a field that is shown (else a line would keep a stray space).
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let first = current.fields.is_empty();
+        let mut visitor = OmitOtlpOnly(DefaultVisitor::new(current.as_writer(), first));
+        fields.record(&mut visitor);
+        visitor.finish()
     }
 }
 
@@ -129,8 +163,7 @@ struct OmitOtlpOnly<V>(V);
 
 impl<V> OmitOtlpOnly<V> {
     fn shown(field: &Field) -> bool {
-        let name = field.name();
-        !name.starts_with("otel.") && name != "rpc.system"
+        !is_otlp_only(field.name())
     }
 }
 
@@ -157,12 +190,6 @@ impl<V: Visit> Visit for OmitOtlpOnly<V> {
 impl<V: VisitOutput<std::fmt::Result>> VisitOutput<std::fmt::Result> for OmitOtlpOnly<V> {
     fn finish(self) -> std::fmt::Result {
         self.0.finish()
-    }
-}
-
-impl<V: VisitFmt> VisitFmt for OmitOtlpOnly<V> {
-    fn writer(&mut self) -> &mut dyn std::fmt::Write {
-        self.0.writer()
     }
 }
 
@@ -271,14 +298,14 @@ fn http_client_trusting(pem: Vec<u8>) -> Result<reqwest::blocking::Client, Expor
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
     /// Collects what a subscriber writes.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Sink {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -306,21 +333,25 @@ mod tests {
                 otel.name = "bankauth.v1.AuthService/GetUser",
                 otel.kind = "server",
                 rpc.system = "grpc",
-                method = "GetUser",
+                rpc.method = "GetUser",
                 caller = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
             );
             span.record("caller", "app");
+            span.record("rpc.grpc.status_code", 5);
             let _entered = span.enter();
             tracing::info!(latency_ms = 1.5, "rpc finished");
         });
         let line = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert!(
-            line.contains(r#"rpc{method="GetUser" caller="app"}: "#),
+            line.contains(r#"rpc{rpc.method="GetUser" caller="app"}: "#),
             "{line}"
         );
         assert!(line.contains("rpc finished latency_ms=1.5"), "{line}");
         assert!(
-            !line.contains("otel.") && !line.contains("rpc.system"),
+            !line.contains("otel.")
+                && !line.contains("rpc.system")
+                && !line.contains("status_code"),
             "{line}"
         );
     }

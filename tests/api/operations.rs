@@ -11,21 +11,36 @@ use crate::helpers::{
     RedisServer, error_info, health_status, sample, spawn_app_with, start_upstream, with_metrics,
 };
 
-/// `bankauth_rpc_requests_total` for `method` answered with `code`, in a scrape.
-fn rpc_count(text: &str, method: &str, code: &str) -> f64 {
+/// `grpc_server_handled_total` for `service`/`method` answered with `code`
+/// (grpc-go's name), in a scrape.
+fn handled(text: &str, service: &str, method: &str, code: &str) -> f64 {
     sample(
         text,
-        "bankauth_rpc_requests_total",
-        &[("method", method), ("code", code)],
+        "grpc_server_handled_total",
+        &[
+            ("grpc_service", service),
+            ("grpc_method", method),
+            ("grpc_code", code),
+        ],
     )
 }
+
+const AUTH_SERVICE: &str = "bankauth.v1.AuthService";
 
 #[tokio::test]
 async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream, with_metrics).await;
     let before = app.scrape().await;
-    assert_eq!(sample(&before, "bankauth_rpc_requests_total", &[]), 0.0);
+    assert_eq!(sample(&before, "grpc_server_handled_total", &[]), 0.0);
+    assert_eq!(
+        sample(
+            &before,
+            "bankauth_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
 
     let user = app.create_user("customer-1").await;
     app.widget_token(&user).await.unwrap();
@@ -33,17 +48,27 @@ async fn metrics_count_rpcs_cache_lookups_upstream_calls_and_tokens() {
     app.widget_token("not valid").await.unwrap_err();
     let text = app.scrape().await;
 
-    let rpcs = |method, code| rpc_count(&text, method, code);
+    let rpcs = |method, code| handled(&text, AUTH_SERVICE, method, code);
     assert_eq!(rpcs("IssueWidgetToken", "OK"), 2.0);
-    assert_eq!(rpcs("IssueWidgetToken", "INVALID_ARGUMENT"), 1.0);
+    assert_eq!(rpcs("IssueWidgetToken", "InvalidArgument"), 1.0);
     assert_eq!(rpcs("CreateUser", "OK"), 1.0);
+    let widget = [
+        ("grpc_type", "unary"),
+        ("grpc_service", AUTH_SERVICE),
+        ("grpc_method", "IssueWidgetToken"),
+    ];
+    assert_eq!(sample(&text, "grpc_server_started_total", &widget), 3.0);
+    // The latency histogram carries the code too.
+    let latency = |code| {
+        let labels = [widget.as_slice(), &[("grpc_code", code)]].concat();
+        sample(&text, "grpc_server_handling_seconds_count", &labels)
+    };
+    assert_eq!(latency("OK"), 2.0);
+    assert_eq!(latency("InvalidArgument"), 1.0);
+    // The cache-size gauge counts the two tokens this process holds.
     assert_eq!(
-        sample(
-            &text,
-            "bankauth_rpc_duration_seconds_count",
-            &[("method", "IssueWidgetToken")]
-        ),
-        3.0
+        sample(&text, "bankauth_cache_entries", &[("kind", "tokens")]),
+        2.0
     );
     let lookups = |outcome| {
         sample(
@@ -111,26 +136,29 @@ async fn health_checks_and_calls_refused_before_a_handler_are_counted() {
     assert_eq!(info.metadata["method"], "/bankauth.v1.AuthService/Nope");
 
     let text = app.scrape().await;
-    let rpcs = |method, code| rpc_count(&text, method, code);
-    assert_eq!(rpcs("IssueWidgetToken", "OUT_OF_RANGE"), 1.0);
-    assert_eq!(rpcs("grpc.health.v1.Health/Check", "OK"), 1.0);
-    assert_eq!(rpcs("unknown", "UNIMPLEMENTED"), 1.0);
-    let samples = text
-        .lines()
-        .filter(|line| line.starts_with("bankauth_rpc_requests_total{"))
-        .count();
-    assert_eq!(samples, 3, "{text}");
-    for method in ["IssueWidgetToken", "grpc.health.v1.Health/Check", "unknown"] {
+    let calls = [
+        (AUTH_SERVICE, "IssueWidgetToken", "OutOfRange"),
+        ("grpc.health.v1.Health", "Check", "OK"),
+        ("unknown", "unknown", "Unimplemented"),
+    ];
+    for (service, method, code) in calls {
+        assert_eq!(handled(&text, service, method, code), 1.0, "{method}");
+        let labels = [
+            ("grpc_service", service),
+            ("grpc_method", method),
+            ("grpc_code", code),
+        ];
         assert_eq!(
-            sample(
-                &text,
-                "bankauth_rpc_duration_seconds_count",
-                &[("method", method)]
-            ),
+            sample(&text, "grpc_server_handling_seconds_count", &labels),
             1.0,
             "{method}"
         );
     }
+    let samples = text
+        .lines()
+        .filter(|line| line.starts_with("grpc_server_handled_total{"))
+        .count();
+    assert_eq!(samples, 3, "{text}");
 }
 
 /// Readiness (`""` and AuthService) and liveness, which must all be SERVING.

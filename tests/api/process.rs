@@ -383,7 +383,7 @@ async fn traces_reach_a_collector(protocol: &str, tls: bool) {
     let (mut child, mut lines) = serve_binary(&config, &env);
     let listening = wait_for(&mut lines, "bankauth listening").await;
     let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
-    let addr = listening["fields"]["addr"].as_str().unwrap().to_owned();
+    let addr = listening["addr"].as_str().unwrap().to_owned();
 
     let mut client = AuthServiceClient::connect(format!("http://{addr}"))
         .await
@@ -402,37 +402,97 @@ async fn traces_reach_a_collector(protocol: &str, tls: bool) {
     let caller_span = "00f067aa0ba902b7";
     let mut request = tonic::Request::new(bankauth::proto::v1::IssueWidgetTokenRequest {
         provider: String::new(),
-        user_id: user,
+        user_id: user.clone(),
         force_refresh: false,
     });
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
     );
+    // The caller's baggage, which must not travel on to the provider.
+    request
+        .metadata_mut()
+        .insert("baggage", "customer=acme-internal".parse().unwrap());
     client.issue_widget_token(request).await.unwrap();
     let logged = wait_for(&mut lines, trace_id).await;
-    assert!(logged.contains("IssueWidgetToken"), "{logged}");
+    // A caller's mistake, then a failure on the provider's side.
+    let widget_token = |user_id: &str| bankauth::proto::v1::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: user_id.to_owned(),
+        force_refresh: true,
+    };
+    let refused = client.issue_widget_token(widget_token("..")).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+    for _ in 0..5 {
+        upstream
+            .sandbox
+            .fail_next(Endpoint::Token, Fault::Status(500));
+    }
+    let failed = client.issue_widget_token(widget_token(&user)).await;
+    assert_eq!(failed.unwrap_err().code(), tonic::Code::Unavailable);
 
     signal(child.id().unwrap(), "TERM");
     assert!(child.wait().await.unwrap().success());
 
     let spans = collector.spans();
     let hex = |bytes: &[u8]| hex::encode(bytes);
-    let rpc = spans
+    let mut rpcs: Vec<&Span> = spans
         .iter()
-        .find(|s| s.name == "bankauth.v1.AuthService/IssueWidgetToken")
-        .unwrap_or_else(|| {
-            panic!(
-                "no RPC span among {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-            )
-        });
-    assert_eq!(hex(&rpc.trace_id), trace_id);
+        .filter(|s| s.name == "bankauth.v1.AuthService/IssueWidgetToken")
+        .collect();
+    rpcs.sort_by_key(|span| span.start_time_unix_nano);
+    assert_eq!(
+        rpcs.len(),
+        3,
+        "RPC spans among {:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    let rpc = rpcs
+        .iter()
+        .find(|s| hex(&s.trace_id) == trace_id)
+        .expect("the RPC span continuing the caller's trace");
     assert_eq!(
         hex(&rpc.parent_span_id),
         caller_span,
         "the RPC span continues the caller's span"
     );
+    // OpenTelemetry's RPC attributes, and a status only when the server failed.
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let attribute = |span: &Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|attribute| attribute.key == key)
+            .and_then(|attribute| attribute.value.clone()?.value)
+    };
+    let text = |value: &str| Some(Value::StringValue(value.to_owned()));
+    assert_eq!(attribute(rpc, "rpc.system"), text("grpc"));
+    assert_eq!(
+        attribute(rpc, "rpc.service"),
+        text("bankauth.v1.AuthService")
+    );
+    assert_eq!(attribute(rpc, "rpc.method"), text("IssueWidgetToken"));
+    let status_of = |span: &Span| {
+        let code = match attribute(span, "rpc.grpc.status_code") {
+            Some(Value::IntValue(code)) => code,
+            other => panic!("rpc.grpc.status_code: {other:?}"),
+        };
+        let status = span.status.clone().unwrap_or_default();
+        (code, status.code)
+    };
+    // span status codes: 0 unset, 2 error.
+    let outcomes: Vec<(i64, i32)> = rpcs.iter().map(|span| status_of(span)).collect();
+    assert_eq!(
+        outcomes,
+        [(0, 0), (3, 0), (14, 2)],
+        "OK, INVALID_ARGUMENT, UNAVAILABLE"
+    );
+
+    // The RPC's log line names the trace and the RPC's span at its top level.
+    let logged: serde_json::Value = serde_json::from_str(&logged).expect("JSON log lines");
+    assert_eq!(logged["message"], "rpc finished", "{logged}");
+    assert_eq!(logged["trace_id"], trace_id, "{logged}");
+    assert_eq!(logged["span_id"], hex(&rpc.span_id).as_str(), "{logged}");
+
     let children: Vec<&Span> = spans
         .iter()
         .filter(|s| s.parent_span_id == rpc.span_id)
@@ -455,6 +515,62 @@ async fn traces_reach_a_collector(protocol: &str, tls: bool) {
         "the provider did not receive {expected}: {:?}",
         upstream.sandbox.traceparents()
     );
+    assert_eq!(upstream.sandbox.baggage_headers(), Vec::<String>::new());
+}
+
+/// `OTEL_PROPAGATORS` decides what is read and written: with only `b3`
+/// (which bankauth does not have, and says so) and `baggage`, the caller's
+/// `traceparent` is not continued, and none is sent to the provider.
+#[tokio::test]
+async fn otel_propagators_choose_the_propagation() {
+    let collector = Collector::default();
+    let collector_addr = collector.start(None).await;
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &upstream, "[telemetry]\nlog_format = \"json\"\n");
+    let endpoint = format!("http://{collector_addr}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_PROPAGATORS", "b3, baggage"),
+    ];
+    let (mut child, mut lines) = serve_binary(&config, &env);
+    let warning = wait_for(&mut lines, "OTEL_PROPAGATORS").await;
+    assert!(
+        warning.contains("b3") && warning.contains("WARN"),
+        "{warning}"
+    );
+    let listening = wait_for(&mut lines, "bankauth listening").await;
+    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let user = upstream.sandbox.seed_users(1).remove(0);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(bankauth::proto::v1::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: user,
+        force_refresh: false,
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    client.issue_widget_token(request).await.unwrap();
+    signal(child.id().unwrap(), "TERM");
+    assert!(child.wait().await.unwrap().success());
+
+    let spans = collector.spans();
+    let rpc = spans
+        .iter()
+        .find(|s| s.name == "bankauth.v1.AuthService/IssueWidgetToken")
+        .expect("the RPC's span");
+    assert_ne!(hex::encode(&rpc.trace_id), trace_id, "a trace of its own");
+    assert!(rpc.parent_span_id.is_empty(), "{:?}", rpc.parent_span_id);
+    assert_eq!(upstream.sandbox.traceparents(), Vec::<String>::new());
 }
 
 /// Every flow, with logs at TRACE (ours and every library's), and then the
@@ -715,7 +831,7 @@ async fn each_token_handed_out_is_one_log_line_naming_its_caller() {
     let (mut child, mut lines) = serve_binary(&config, &[]);
     let listening = wait_for(&mut lines, "bankauth listening").await;
     let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
-    let addr = listening["fields"]["addr"].as_str().unwrap().to_owned();
+    let addr = listening["addr"].as_str().unwrap().to_owned();
     let mut client = AuthServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -762,22 +878,21 @@ async fn each_token_handed_out_is_one_log_line_naming_its_caller() {
     }
     let issued: Vec<&serde_json::Value> = log
         .iter()
-        .filter(|line| line["span"]["event"] == "token_issued")
+        .filter(|line| line["event"] == "token_issued")
         .collect();
     let tokens: Vec<(&str, &str, &str)> = issued
         .iter()
         .map(|line| {
             assert_eq!(line["target"], "bankauth::audit", "{line}");
-            assert_eq!(line["fields"]["message"], "rpc finished", "{line}");
-            let span = &line["span"];
-            assert_eq!(span["caller"], "backend", "{line}");
-            assert_eq!(span["provider"], "sandbox", "{line}");
-            assert_eq!(span["sub"], user.as_str(), "{line}");
-            assert_eq!(span["code"], "OK", "{line}");
+            assert_eq!(line["message"], "rpc finished", "{line}");
+            assert_eq!(line["caller"], "backend", "{line}");
+            assert_eq!(line["provider"], "sandbox", "{line}");
+            assert_eq!(line["sub"], user.as_str(), "{line}");
+            assert_eq!(line["code"], "OK", "{line}");
             (
-                span["method"].as_str().unwrap(),
-                span["scopes"].as_str().unwrap(),
-                span["cache"].as_str().unwrap(),
+                line["rpc.method"].as_str().unwrap(),
+                line["scopes"].as_str().unwrap(),
+                line["cache"].as_str().unwrap(),
             )
         })
         .collect();
@@ -793,7 +908,7 @@ async fn each_token_handed_out_is_one_log_line_naming_its_caller() {
     let token_rpcs = log
         .iter()
         .filter(|line| {
-            line["span"]["method"]
+            line["rpc.method"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("Issue"))
         })
@@ -959,27 +1074,20 @@ async fn an_rpc_past_its_deadline_is_answered_logged_and_counted_once() {
         .unwrap();
     let samples: Vec<_> = text
         .lines()
-        .filter(|line| line.starts_with("bankauth_rpc_requests_total{"))
+        .filter(|line| line.starts_with("grpc_server_handled_total{"))
         .collect();
     assert_eq!(samples.len(), 1, "{text}");
+    let labels = [
+        ("grpc_method", "IssueWidgetToken"),
+        ("grpc_code", "DeadlineExceeded"),
+    ];
     assert_eq!(
-        sample(
-            &text,
-            "bankauth_rpc_requests_total",
-            &[
-                ("method", "IssueWidgetToken"),
-                ("code", "DEADLINE_EXCEEDED")
-            ]
-        ),
+        sample(&text, "grpc_server_handled_total", &labels),
         1.0,
         "{text}"
     );
     assert_eq!(
-        sample(
-            &text,
-            "bankauth_rpc_duration_seconds_count",
-            &[("method", "IssueWidgetToken")]
-        ),
+        sample(&text, "grpc_server_handling_seconds_count", &labels),
         1.0
     );
 

@@ -291,6 +291,19 @@ async fn a_failing_provider_opens_the_breaker_while_cached_tokens_keep_flowing()
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_info(&status).reason, "UPSTREAM_CIRCUIT_OPEN");
     assert!(status.get_error_details().retry_info().is_some());
+    let breaker_open = |metrics: &str, breaker| {
+        sample(
+            metrics,
+            "bankauth_circuit_breaker_open",
+            &[("provider", "sandbox"), ("breaker", breaker)],
+        )
+    };
+    let metrics = app.scrape().await;
+    assert_eq!(breaker_open(&metrics, "identity"), 1.0, "{metrics}");
+    assert!(
+        metrics.contains(r#"bankauth_circuit_breaker_open{provider="sandbox",breaker="scim"} 0"#),
+        "the other breakers stay closed: {metrics}"
+    );
     assert_eq!(
         app.sandbox().token_requests(),
         requests,
@@ -325,6 +338,11 @@ async fn a_failing_provider_opens_the_breaker_while_cached_tokens_keep_flowing()
     };
     assert_eq!(event("circuit_opened"), 1.0);
     assert_eq!(event("circuit_open"), 1.0);
+    assert_eq!(
+        breaker_open(&metrics, "identity"),
+        0.0,
+        "closed by the probe"
+    );
 }
 
 /// Fires `count` widget-token misses at `apps` in turn, each with `timeout`;
