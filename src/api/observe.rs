@@ -5,10 +5,11 @@
 //! [`ObserveLayer`] gives each call its deadline (the caller's
 //! `grpc-timeout`, capped by `server.request_timeout_ms`), runs it inside
 //! that deadline's [`deadline::scope`] so the upstream layer sees it, answers
-//! `DEADLINE_EXCEEDED` with an `ErrorInfo` when it passes, and ends every
-//! call with exactly one log line and one metric sample, labelled with the
-//! gRPC code read from the response's headers (a trailers-only answer) or
-//! its trailers.
+//! `DEADLINE_EXCEEDED` with an `ErrorInfo` when it passes, counts it as
+//! started, and ends every call with exactly one log line, one
+//! `grpc_server_handled_total` and latency sample, and its span's status,
+//! all from the gRPC code read from the response's headers (a trailers-only
+//! answer) or its trailers.
 //!
 //! That line is the call's audit record (target [`AUDIT`]): the handler
 //! records on the call's span who called (`caller`) and, for a token, what
@@ -280,7 +281,7 @@ impl Observer {
         reason.status(status.message(), ErrorDetails::new(), metadata)
     }
 
-    /// The call's one log line and metric sample, and its span's status.
+    /// The call's one log line, its metrics, and its span's status.
     fn finish(self, code: Code, message: &str) {
         let elapsed = self.started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
