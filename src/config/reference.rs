@@ -1,10 +1,13 @@
-//! The configuration's reference, README.md's key table, checked against
-//! the keys [`Config`] accepts. Those keys are read from the serde structs
-//! themselves, so a field added without a row in the table fails here.
+//! The configuration's two references, README.md's key table and
+//! `bankauth.example.toml`, checked against the keys [`Config`] accepts.
+//! Those keys are read from the serde structs themselves, so a field added
+//! without a row in the table or a line in the example fails here.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use figment::Figment;
+use figment::providers::{Format, Toml};
 use serde::de::value::{Error, StrDeserializer};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::forward_to_deserialize_any;
@@ -12,6 +15,7 @@ use serde::forward_to_deserialize_any;
 use super::Config;
 
 const README: &str = include_str!("../../README.md");
+const EXAMPLE: &str = include_str!("../../bankauth.example.toml");
 
 /// The name standing for any entry of a map such as `providers`, as the
 /// README writes it: `providers.<name>.kind`.
@@ -351,6 +355,69 @@ fn table_drift(accepted: &BTreeSet<String>, documented: &BTreeMap<String, String
     drift
 }
 
+/// `# key = value` → `key = value`: a key the example shows commented out,
+/// as the alternative to one set beside it. Prose comments stay comments.
+fn uncomment(line: &str) -> &str {
+    let Some(rest) = line.trim_start().strip_prefix('#').map(str::trim_start) else {
+        return line;
+    };
+    let assigns = rest.split_once('=').is_some_and(|(key, _)| {
+        let key = key.trim_end();
+        !key.is_empty()
+            && (key.bytes()).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    });
+    if assigns { rest } else { line }
+}
+
+/// The keys `example` sets or shows commented out, in the accepted keys'
+/// notation: any entry of a map is `<name>`, any element of a list `[]`.
+fn example_keys(example: &str, accepted: &BTreeSet<String>) -> Result<BTreeSet<String>, String> {
+    let uncommented = example
+        .lines()
+        .map(uncomment)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let document: serde_json::Value = Figment::from(Toml::string(&uncommented))
+        .extract()
+        .map_err(|e| format!("with its commented-out keys restored, it is not TOML: {e}"))?;
+    let mut keys = BTreeSet::new();
+    let mut pending = vec![(String::new(), &document)];
+    while let Some((path, value)) = pending.pop() {
+        match value {
+            serde_json::Value::Object(entries) => {
+                let named = child(&path, ANY_NAME);
+                let is_map = accepted.iter().any(|key| key.starts_with(&named));
+                for (name, value) in entries {
+                    let step = if is_map { ANY_NAME } else { name };
+                    let key = child(&path, step);
+                    if !is_map {
+                        keys.insert(key.clone());
+                    }
+                    pending.push((key, value));
+                }
+            }
+            serde_json::Value::Array(elements) => {
+                let element = child(&path, ELEMENT);
+                pending.extend(elements.iter().map(|value| (element.clone(), value)));
+            }
+            _ => {}
+        }
+    }
+    Ok(keys)
+}
+
+/// What `bankauth.example.toml` and the accepted keys disagree on.
+fn example_drift(accepted: &BTreeSet<String>, example: &str) -> Vec<String> {
+    let shown = match example_keys(example, accepted) {
+        Ok(keys) => keys,
+        Err(error) => return vec![error],
+    };
+    let missing = (accepted.difference(&shown)).map(|key| format!("neither sets nor shows {key}"));
+    let unknown = (shown.difference(accepted))
+        .map(|key| format!("has {key}, which is not a key bankauth accepts"));
+    missing.chain(unknown).collect()
+}
+
 #[test]
 fn the_keys_are_read_from_the_structs() {
     let accepted = accepted_keys();
@@ -407,5 +474,44 @@ fn a_missing_row_and_a_misspelt_key_are_both_found() {
     assert_eq!(
         table_drift_of(&README.replacen("key_file \\| key_env", "key_file", 1)),
         ["the row for cache.encryption_keys does not name its elements' key key_env"]
+    );
+}
+
+#[test]
+fn the_example_sets_or_shows_every_key_and_no_other() {
+    let drift = example_drift(&accepted_keys(), EXAMPLE);
+    assert!(
+        drift.is_empty(),
+        "bankauth.example.toml and the configuration structs disagree: it\n{}",
+        drift.join("\n")
+    );
+}
+
+/// What an edit of the example adds to its drift (none, while the test
+/// above passes), so this test checks the checker alone.
+fn example_drift_of(example: &str) -> Vec<String> {
+    let accepted = accepted_keys();
+    let before = example_drift(&accepted, EXAMPLE);
+    let mut drift = example_drift(&accepted, example);
+    drift.retain(|line| !before.contains(line));
+    drift
+}
+
+#[test]
+fn a_key_missing_from_the_example_or_misspelt_in_a_comment_is_found() {
+    let without_burst: String = (EXAMPLE.lines())
+        .filter(|line| !line.trim_start().starts_with("burst ="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(
+        example_drift_of(&without_burst),
+        ["neither sets nor shows access.callers.<name>.burst"]
+    );
+    assert_eq!(
+        example_drift_of(&EXAMPLE.replacen("# redis_cluster_urls =", "# redis_cluster_url =", 1)),
+        [
+            "neither sets nor shows cache.redis_cluster_urls",
+            "has cache.redis_cluster_url, which is not a key bankauth accepts"
+        ]
     );
 }

@@ -1,8 +1,13 @@
 //! The binary's commands beside `serve`, as an operator types them:
-//! `hash-key` and `completions`.
+//! `check-config` on the shipped example, `hash-key` and `completions`.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+
+use bankauth::provider::{SigningAlgorithm, SigningKey};
+use secrecy::ExposeSecret;
+
+use crate::helpers::TestCa;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bankauth");
 
@@ -17,6 +22,49 @@ pub fn hash_key(input: &[u8]) -> Output {
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// The example names its secrets by environment variables, set here to
+/// fresh values, and its files by paths a deployment mounts under
+/// /etc/bankauth, pointed here at files made for the check by the
+/// documented `BANKAUTH_*` overrides; every other key is checked as written.
+#[test]
+fn check_config_accepts_the_example_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    ca.issue("server", "DNS:bankauth.payments.svc.cluster.local");
+    let (_, moneyhub_key) = SigningKey::generate(SigningAlgorithm::RS256).unwrap();
+    let (_, partner_key) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+    let ca_file = ca.path("ca.pem");
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/bankauth.example.toml"
+        ))
+        .env("MONEYHUB_PRIVATE_KEY", moneyhub_key.expose_secret())
+        .env("PARTNER_PRIVATE_KEY", partner_key.expose_secret())
+        .env("MONEYKIT_CLIENT_SECRET", "moneykit-test-secret")
+        .env(
+            "BANKAUTH_CACHE_KEY_2026_11",
+            "3DXneSaadW+7/f62xuDwRAWsFmeLRY+gr1r5B8Gtk0U=",
+        )
+        .env(
+            "BANKAUTH_CACHE_KEY_2026_05",
+            "tK5aXFv0CS0rmRzZGLT2ieV/NHWuK8xZNuOK5RPcI5Q=",
+        )
+        .env("BANKAUTH_SERVER__TLS__CERT_FILE", ca.path("server.pem"))
+        .env("BANKAUTH_SERVER__TLS__KEY_FILE", ca.path("server.key"))
+        .env("BANKAUTH_SERVER__TLS__CLIENT_CA_FILE", &ca_file)
+        .env("BANKAUTH_CACHE__REDIS_CA_FILE", &ca_file)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stdout, "configuration is valid: 3 provider(s)\n");
 }
 
 #[test]
