@@ -51,6 +51,34 @@ pub fn validate(config: &AccessConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The SHA-256 a presented key is looked up by, and `bankauth hash-key`
+/// prints, so the hash an operator configures is the one compared.
+fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The lowercase hex SHA-256 to list in `access.callers.<name>.api_key_sha256`
+/// for `key`. A key no caller could present as it is, because metadata
+/// carries only visible ASCII and the `Bearer` value is trimmed, is
+/// refused: its hash would never match.
+pub fn api_key_sha256(key: &str) -> Result<String, &'static str> {
+    if key.is_empty() {
+        return Err("the API key is empty");
+    }
+    if key.trim() != key {
+        return Err("the API key starts or ends with white space, which callers cannot send");
+    }
+    if !key
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(
+            "the API key has characters other than visible ASCII, which callers cannot send",
+        );
+    }
+    Ok(hex::encode(key_digest(key)))
+}
+
 /// Why a request was refused. Never carries the key itself.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AccessError {
@@ -188,7 +216,7 @@ impl Access {
             .ok_or(AccessError::Unauthenticated(
                 "the authorization metadata must be `Bearer <key>`",
             ))?;
-        let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let presented = key_digest(key);
         // Every configured hash is compared, in constant time, whatever matches.
         let mut found = None;
         for caller in &self.callers {
@@ -289,6 +317,18 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("access.callers.app.rpcs"), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_hashes_as_sha256sum_does_and_keys_no_caller_can_send_are_refused() {
+        assert_eq!(
+            api_key_sha256("password").unwrap(),
+            "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+        );
+        assert!(api_key_sha256("a key\twith inner space").is_ok());
+        for key in ["", " key", "key ", "key\n", "k\u{e9}y", "k\u{7f}y"] {
+            assert!(api_key_sha256(key).is_err(), "{key:?}");
         }
     }
 }

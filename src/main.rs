@@ -10,7 +10,8 @@ use bankauth::demo::{DemoUpstream, banner};
 use bankauth::sandbox::SandboxOptions;
 use bankauth::server::{Application, shutdown_signal};
 use bankauth::telemetry;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -42,6 +43,14 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Print the SHA-256 of an API key read from standard input, for api_key_sha256.
+    ///
+    /// The value to list in access.callers.<name>.api_key_sha256. Reading the
+    /// key from standard input keeps it out of shell history and `ps`; one
+    /// trailing newline is dropped, and the key itself is never printed.
+    HashKey,
+    /// Print the shell completion script for SHELL to standard output.
+    Completions { shell: Shell },
     /// Ask a running bankauth for its gRPC health; exit 0 when SERVING (for container health checks).
     Health {
         /// host:port, a name (such as a Kubernetes Service's) or an address.
@@ -61,6 +70,8 @@ async fn main() -> ExitCode {
         Command::Demo { listen } => demo(listen).await,
         Command::CheckConfig { config } => check_config(config),
         Command::Health { addr, service } => health(addr, service).await,
+        Command::HashKey => hash_key(),
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +106,30 @@ fn check_config(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>>
         "configuration is valid: {} provider(s)",
         config.providers.len()
     );
+    Ok(())
+}
+
+/// Generated into memory first: clap_complete panics on a failed write
+/// (`| head`), where an error should be reported.
+fn completions(shell: Shell) -> Result<(), Box<dyn std::error::Error>> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "bankauth", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+    Ok(())
+}
+
+/// Reads stdin to its end rather than a line, so a key piped from a file
+/// or typed and ended with Ctrl-D hashes alike; only the one newline that
+/// ends a file or a typed line is not part of the key.
+fn hash_key() -> Result<(), Box<dyn std::error::Error>> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+        .map_err(|e| format!("cannot read the API key from standard input: {e}"))?;
+    let key = input
+        .strip_suffix("\r\n")
+        .or_else(|| input.strip_suffix('\n'))
+        .unwrap_or(&input);
+    println!("{}", bankauth::access::api_key_sha256(key)?);
     Ok(())
 }
 

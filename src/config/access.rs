@@ -22,7 +22,7 @@ pub struct AccessConfig {
 #[serde(deny_unknown_fields)]
 pub struct CallerConfig {
     /// Lowercase hex SHA-256 of each key this caller may present (several,
-    /// so a key rotates without downtime): `printf %s "$KEY" | sha256sum`.
+    /// so a key rotates without downtime), as `bankauth hash-key` prints it.
     #[serde(default)]
     pub api_key_sha256: Vec<String>,
     /// RPC names (`IssueWidgetToken`, …) or `"*"`.

@@ -12,6 +12,8 @@
 mod access;
 mod cache;
 mod providers;
+#[cfg(test)]
+mod reference;
 mod secrets;
 mod server;
 

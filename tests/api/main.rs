@@ -4,6 +4,7 @@ mod access;
 mod authorization;
 mod cache;
 mod code_exchange;
+mod commands;
 mod examples;
 mod grpcurl;
 mod helpers;

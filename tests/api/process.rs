@@ -187,6 +187,41 @@ async fn sighup_drops_the_cached_jwks_so_removed_keys_stop_being_trusted() {
     assert_eq!(upstream.sandbox.jwks_requests(), 2);
 }
 
+/// The hash `bankauth hash-key` prints, listed for a caller, lets that
+/// caller's key in: it is the digest the service compares.
+#[tokio::test]
+async fn a_key_hashed_by_hash_key_is_accepted_and_no_other_is() {
+    const API_KEY: &str = "k7Qm+2x/PzR9vT4wYc1NfHs8LdJ0aEuB6gKiVnXoM3A=";
+    let output = crate::commands::hash_key(format!("{API_KEY}\n").as_bytes());
+    assert!(output.status.success());
+    let hash = String::from_utf8(output.stdout).unwrap();
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let caller = format!(
+        "[access.callers.backend]\napi_key_sha256 = [\"{}\"]\nrpcs = [\"*\"]\nproviders = [\"*\"]\n",
+        hash.trim_end()
+    );
+    let config = write_config(&dir, &upstream, &caller);
+    let (_child, mut lines) = serve_binary(&config, &[]);
+    let addr = listening_addr(&mut lines).await;
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let with_key = |key: &str| {
+        let mut request = tonic::Request::new(new_user("customer-1"));
+        let bearer = format!("Bearer {key}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    };
+    let refused = client
+        .create_user(with_key("k7Qm+2x/PzR9vT4wYc1NfHs8LdJ0aEuB6gKiVnXoM3B="))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    client.create_user(with_key(API_KEY)).await.unwrap();
+    assert_eq!(upstream.sandbox.user_count(), 1);
+}
+
 /// An OTLP trace receiver (gRPC or HTTP), as a collector would run one.
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<Span>>>);
