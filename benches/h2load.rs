@@ -337,11 +337,14 @@ impl Server {
         stream.read_to_string(&mut text).ok()?;
         let (mut ok, mut other) = (0, 0);
         for line in text.lines().filter(|line| {
-            line.starts_with("grpc_server_handled_total")
-                && line.contains("grpc_method=\"IssueWidgetToken\"")
+            // Named bankauth_rpc_requests_total{method,code} before 0.2,
+            // which `--bin` may be running: both names are counted.
+            (line.starts_with("grpc_server_handled_total")
+                || line.starts_with("bankauth_rpc_requests_total"))
+                && line.contains("method=\"IssueWidgetToken\"")
         }) {
             let count = line.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
-            if line.contains("grpc_code=\"OK\"") {
+            if line.contains("code=\"OK\"") {
                 ok += count;
             } else {
                 other += count;
