@@ -368,4 +368,41 @@ mod tests {
         assert_eq!(member_name(r#""rpc.method":"GetUser""#), "rpc.method");
         assert_eq!(member_name(r#""latency_ms":1.5"#), "latency_ms");
     }
+
+    /// REVIEW: `span.record` on a field already recorded must show the
+    /// latest value, as tracing-subscriber's JSON formatter did.
+    #[test]
+    fn review_a_field_recorded_again_shows_its_latest_value() {
+        let lines = json_lines(false, || {
+            let rpc = tracing::info_span!("rpc", caller = tracing::field::Empty);
+            rpc.record("caller", "first");
+            rpc.record("caller", "second");
+            let _rpc = rpc.enter();
+            tracing::info!("done");
+        });
+        let object = parse(&lines[0]);
+        assert_eq!(object["caller"], "second", "{}", lines[0]);
+    }
+
+    /// REVIEW: an event's own `trace_id` field, with traces exported, must
+    /// not make a second `trace_id` key.
+    #[test]
+    fn review_an_event_field_named_trace_id_is_not_written_twice() {
+        let lines = json_lines(true, || {
+            let rpc = tracing::info_span!("rpc");
+            let _rpc = rpc.enter();
+            tracing::info!(trace_id = "from the event", "done");
+        });
+        assert_eq!(lines[0].matches("\"trace_id\"").count(), 1, "{}", lines[0]);
+    }
+
+    /// REVIEW: a field name is written unescaped: a name with a quote
+    /// (tracing accepts any string literal as a field name) breaks the line.
+    #[test]
+    fn review_a_field_name_with_a_quote_keeps_the_line_valid_json() {
+        let lines = json_lines(false, || {
+            tracing::info!("a\"b" = 1, "done");
+        });
+        parse(&lines[0]);
+    }
 }
