@@ -293,3 +293,36 @@ async fn without_redis_the_redis_health_status_is_not_found() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(health_status(app.addr, "").await, ServingStatus::Serving);
 }
+
+/// REVIEW: a caller that goes away while its call is still being handled
+/// (the stream reset before any response) must still be counted as handled
+/// (grpc-go: `Canceled`), or `grpc_server_started_total -
+/// grpc_server_handled_total` (calls in flight) grows forever and the call
+/// has no audit line.
+#[tokio::test]
+async fn review_a_call_abandoned_before_its_answer_is_counted_handled() {
+    use bankauth::sandbox::{Endpoint, Fault};
+    let upstream = start_upstream().await;
+    let mut app = spawn_app_with(upstream.clone(), with_metrics).await;
+    let user = app.create_user("customer-1").await;
+    upstream.sandbox.fail_next(
+        Endpoint::Token,
+        Fault::Stall(std::time::Duration::from_secs(2)),
+    );
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        app.widget_token(&user),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the call was still running");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let text = app.scrape().await;
+    let widget = [
+        ("grpc_service", AUTH_SERVICE),
+        ("grpc_method", "IssueWidgetToken"),
+    ];
+    let started = sample(&text, "grpc_server_started_total", &widget);
+    let handled = sample(&text, "grpc_server_handled_total", &widget);
+    assert_eq!(started, 1.0, "{text}");
+    assert_eq!(handled, started, "started but never handled:\n{text}");
+}

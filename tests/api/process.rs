@@ -1147,3 +1147,137 @@ async fn an_rpc_past_its_deadline_is_answered_logged_and_counted_once() {
         ends[0]
     );
 }
+
+/// The keys of one JSON object, in order, duplicates kept (serde_json's
+/// `Value` keeps only the last of a duplicated key).
+fn json_keys(line: &str) -> Result<Vec<String>, serde_json::Error> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(key);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Keys>(line).map(|keys| keys.0)
+}
+
+/// REVIEW: every flow with JSON logs at TRACE (ours and every library's),
+/// traces exported: each line must be one JSON object with unique keys, and
+/// a record from a `log`-crate library (reqwest, rustls, redis) must keep
+/// its own target, as tracing-subscriber's JSON formatter did.
+#[tokio::test]
+async fn review_json_logs_at_trace_level_are_valid_unique_and_keep_library_targets() {
+    let collector = Collector::default();
+    let collector_addr = collector.start(None).await;
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &upstream, "[telemetry]\nlog_format = \"json\"\n");
+    let endpoint = format!("http://{collector_addr}");
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let (mut child, mut lines) = serve_binary(&config, &env);
+    let listening = wait_for(&mut lines, "bankauth listening").await;
+    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let user = client
+        .create_user(new_user("customer-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .id;
+    let mut request = tonic::Request::new(bankauth::proto::v1::IssueWidgetTokenRequest {
+        provider: String::new(),
+        user_id: user.clone(),
+        force_refresh: false,
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    client.issue_widget_token(request).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(child.id().unwrap(), "TERM");
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("bankauth exits")
+        .unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut invalid = Vec::new();
+    let mut duplicated = Vec::new();
+    let mut log_target = Vec::new();
+    for line in &all {
+        match json_keys(line) {
+            Err(error) => invalid.push(format!("{error}: {line}")),
+            Ok(keys) => {
+                let mut seen = std::collections::BTreeSet::new();
+                if keys.iter().any(|key| !seen.insert(key)) {
+                    duplicated.push(line.clone());
+                }
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                if value["target"] == "log" || value.get("log.target").is_some() {
+                    log_target.push(line.clone());
+                }
+            }
+        }
+    }
+    assert!(all.len() > 10, "{all:?}");
+    assert!(
+        invalid.is_empty(),
+        "{} invalid lines:\n{}",
+        invalid.len(),
+        invalid.join("\n")
+    );
+    assert!(
+        duplicated.is_empty(),
+        "{} lines with a duplicated key:\n{}",
+        duplicated.len(),
+        duplicated.join("\n")
+    );
+    assert!(
+        log_target.is_empty(),
+        "{} log-crate records logged under target \"log\":\n{}",
+        log_target.len(),
+        log_target
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
