@@ -192,12 +192,13 @@ where
         let allowed = asked.unwrap_or(self.layer.request_timeout);
         let deadline = started + allowed;
         request.extensions_mut().insert(method);
-        let observer = Observer {
+        let mut observer = Observer {
             span: span.clone(),
             method,
             path,
             started,
             metrics: self.layer.metrics.clone(),
+            finished: false,
         };
         // The clone is ready only if polled; the ready one serves this call.
         let clone = self.inner.clone();
@@ -239,12 +240,24 @@ struct Observer {
     path: String,
     started: Instant,
     metrics: Arc<Metrics>,
+    /// Set by [`Observer::finish`]; an observer dropped unfinished (the
+    /// caller went away first) finishes the call as CANCELLED.
+    finished: bool,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.finish(
+            Code::Cancelled,
+            "the caller went away before the answer ended",
+        );
+    }
 }
 
 impl Observer {
     /// Ends the call now if its status is in the headers (a trailers-only
     /// answer), else when its body yields its trailers.
-    fn watch(self, response: http::Response<Body>) -> http::Response<Body> {
+    fn watch(mut self, response: http::Response<Body>) -> http::Response<Body> {
         let (mut parts, body) = response.into_parts();
         match Status::from_header_map(&parts.headers) {
             Some(status) => {
@@ -257,7 +270,7 @@ impl Observer {
             None => {
                 let body = Watched {
                     inner: body,
-                    observer: Some(self),
+                    observer: self,
                 };
                 http::Response::from_parts(parts, Body::new(body))
             }
@@ -281,8 +294,11 @@ impl Observer {
         reason.status(status.message(), ErrorDetails::new(), metadata)
     }
 
-    /// The call's one log line, its metrics, and its span's status.
-    fn finish(self, code: Code, message: &str) {
+    /// The call's one log line, its metrics, and its span's status, once.
+    fn finish(&mut self, code: Code, message: &str) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         let elapsed = self.started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         self.span.record("code", code_name(code));
@@ -304,11 +320,11 @@ impl Observer {
     }
 }
 
-/// A response body that ends its call when the trailers go by, or when it
-/// is dropped first (the caller went away mid-stream).
+/// A response body that ends its call when the trailers go by, or, through
+/// its observer, when it is dropped first (the caller went away mid-stream).
 struct Watched {
     inner: Body,
-    observer: Option<Observer>,
+    observer: Observer,
 }
 
 impl http_body::Body for Watched {
@@ -347,18 +363,7 @@ impl http_body::Body for Watched {
 
 impl Watched {
     fn end(&mut self, code: Code, message: &str) {
-        if let Some(observer) = self.observer.take() {
-            observer.finish(code, message);
-        }
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.end(
-            Code::Cancelled,
-            "the caller went away before the answer ended",
-        );
+        self.observer.finish(code, message);
     }
 }
 

@@ -294,13 +294,12 @@ async fn without_redis_the_redis_health_status_is_not_found() {
     assert_eq!(health_status(app.addr, "").await, ServingStatus::Serving);
 }
 
-/// REVIEW: a caller that goes away while its call is still being handled
-/// (the stream reset before any response) must still be counted as handled
-/// (grpc-go: `Canceled`), or `grpc_server_started_total -
-/// grpc_server_handled_total` (calls in flight) grows forever and the call
-/// has no audit line.
+/// A caller that goes away while its call is still being handled (the
+/// stream reset before any response) is still counted as handled, as
+/// `Canceled`: else `grpc_server_started_total - grpc_server_handled_total`
+/// (calls in flight) would grow forever, and the call have no audit line.
 #[tokio::test]
-async fn review_a_call_abandoned_before_its_answer_is_counted_handled() {
+async fn a_call_abandoned_before_its_answer_is_counted_handled_as_canceled() {
     use bankauth::sandbox::{Endpoint, Fault};
     let upstream = start_upstream().await;
     let mut app = spawn_app_with(upstream.clone(), with_metrics).await;
@@ -325,4 +324,6 @@ async fn review_a_call_abandoned_before_its_answer_is_counted_handled() {
     let handled = sample(&text, "grpc_server_handled_total", &widget);
     assert_eq!(started, 1.0, "{text}");
     assert_eq!(handled, started, "started but never handled:\n{text}");
+    let canceled = [widget.as_slice(), &[("grpc_code", "Canceled")]].concat();
+    assert_eq!(sample(&text, "grpc_server_handled_total", &canceled), 1.0);
 }
