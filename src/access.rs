@@ -59,7 +59,7 @@ fn key_digest(key: &str) -> [u8; 32] {
 
 /// The lowercase hex SHA-256 to list in `access.callers.<name>.api_key_sha256`
 /// for `key`. A key no caller could present as it is, because metadata
-/// carries only visible ASCII and the `Bearer` value is trimmed, is
+/// carries only printable ASCII and tab, and the `Bearer` value is trimmed, is
 /// refused: its hash would never match.
 pub fn api_key_sha256(key: &str) -> Result<String, &'static str> {
     if key.is_empty() {
@@ -73,7 +73,7 @@ pub fn api_key_sha256(key: &str) -> Result<String, &'static str> {
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
     {
         return Err(
-            "the API key has characters other than visible ASCII, which callers cannot send",
+            "the API key has characters other than printable ASCII and tab, which callers cannot send",
         );
     }
     Ok(hex::encode(key_digest(key)))

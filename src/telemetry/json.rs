@@ -16,6 +16,7 @@ use opentelemetry::trace::TraceContextExt;
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::{Dispatch, Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -53,12 +54,31 @@ impl<'w> FormatFields<'w> for JsonMembers {
         members.result
     }
 
+    /// A field recorded again replaces its earlier value (the line shows
+    /// the latest, as tracing-subscriber's formatters do).
     fn add_fields(
         &self,
         current: &'w mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        self.format_fields(current.as_writer(), fields)
+        let start = current.fields.len();
+        self.format_fields(current.as_writer(), fields)?;
+        let (earlier, added) = current.fields.split_at(start);
+        let replaced = |member: &str| {
+            added
+                .lines()
+                .any(|new| member_name(new) == member_name(member))
+        };
+        if earlier.lines().any(replaced) {
+            let kept: String = earlier
+                .lines()
+                .filter(|member| !replaced(member))
+                .flat_map(|member| [member, "\n"])
+                .chain([added])
+                .collect();
+            current.fields = kept;
+        }
+        Ok(())
     }
 }
 
@@ -72,17 +92,18 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let metadata = event.metadata();
+        // A `log` record (reqwest, rustls, redis) under its own target and
+        // level, as tracing-subscriber's formatters show it, not "log".
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         writer.write_str("{\"timestamp\":\"")?;
         SystemTime.format_time(&mut writer)?;
         write!(writer, "\",\"level\":\"{}\",\"target\":", metadata.level())?;
         write_json_string(&mut writer, metadata.target())?;
         let mut written: Vec<&'static str> = vec!["timestamp", "level", "target"];
-        let mut members = Members::new(writer.by_ref(), ",", "", &written);
-        event.record(&mut members);
-        members.result?;
-        written.extend(members.names);
-
+        if normalized.is_some() {
+            written.extend(LOG_RECORD_FIELDS);
+        }
         let ids = ctx.lookup_current().and_then(|span| {
             let dispatch = self.traced_by.get()?.upgrade()?;
             otel_ids(&span.id(), &dispatch)
@@ -94,6 +115,11 @@ where
             )?;
             written.extend(["trace_id", "span_id"]);
         }
+        let mut members = Members::new(writer.by_ref(), ",", "", &written);
+        event.record(&mut members);
+        members.result?;
+        written.extend(members.names);
+
         for span in ctx.event_scope().into_iter().flatten() {
             let declared = span.metadata().fields();
             let extensions = span.extensions();
@@ -101,8 +127,12 @@ where
                 continue;
             };
             for member in fields.fields.lines() {
-                let name = member_name(member);
-                let Some(name) = declared.iter().map(|f| f.name()).find(|n| *n == name) else {
+                let escaped = member_name(member);
+                let Some(name) = declared
+                    .iter()
+                    .map(|f| f.name())
+                    .find(|n| names(escaped, n))
+                else {
                     continue;
                 };
                 if !written.contains(&name) {
@@ -115,6 +145,11 @@ where
         writeln!(writer, "}}")
     }
 }
+
+/// The fields tracing-log adds to a `log` record, which its normalized
+/// metadata already says (the target) or which say only where in a
+/// library's source it was logged.
+const LOG_RECORD_FIELDS: [&str; 4] = ["log.target", "log.module_path", "log.file", "log.line"];
 
 /// The trace and span ids OpenTelemetry gave the span `id`.
 fn otel_ids(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<(String, String)> {
@@ -129,12 +164,27 @@ fn otel_ids(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<(String, Stri
     })
 }
 
-/// The name of a member as [`JsonMembers`] keeps it: `"name":value`.
+/// The name of a member as [`JsonMembers`] keeps it (`"name":value`), as
+/// written: JSON-escaped.
 fn member_name(member: &str) -> &str {
-    member
-        .get(1..)
-        .and_then(|rest| rest.split_once("\":"))
-        .map_or("", |(name, _)| name)
+    let bytes = member.as_bytes();
+    let mut at = 1;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 2,
+            b'"' => return &member[1..at],
+            _ => at += 1,
+        }
+    }
+    ""
+}
+
+/// Whether `escaped`, a name as a member has it, is the field name `name`.
+fn names(escaped: &str, name: &str) -> bool {
+    escaped == name || {
+        let mut quoted = String::new();
+        write_json_string(&mut quoted, name).is_ok() && quoted[1..quoted.len() - 1] == *escaped
+    }
 }
 
 /// Writes each field as a JSON member, but the OTLP-only ones and those
@@ -178,7 +228,9 @@ impl<'a, 'w> Members<'a, 'w> {
         }
         self.names.push(name);
         self.result = (|| {
-            write!(self.out, "{}\"{name}\":", self.before)?;
+            self.out.write_str(self.before)?;
+            write_json_string(&mut self.out, name)?;
+            self.out.write_char(':')?;
             value(&mut self.out)?;
             self.out.write_str(self.after)
         })();
@@ -369,10 +421,10 @@ mod tests {
         assert_eq!(member_name(r#""latency_ms":1.5"#), "latency_ms");
     }
 
-    /// REVIEW: `span.record` on a field already recorded must show the
-    /// latest value, as tracing-subscriber's JSON formatter did.
+    /// A field recorded again shows its latest value, as
+    /// tracing-subscriber's formatters do.
     #[test]
-    fn review_a_field_recorded_again_shows_its_latest_value() {
+    fn a_field_recorded_again_shows_its_latest_value() {
         let lines = json_lines(false, || {
             let rpc = tracing::info_span!("rpc", caller = tracing::field::Empty);
             rpc.record("caller", "first");
@@ -384,10 +436,10 @@ mod tests {
         assert_eq!(object["caller"], "second", "{}", lines[0]);
     }
 
-    /// REVIEW: an event's own `trace_id` field, with traces exported, must
-    /// not make a second `trace_id` key.
+    /// An event's own `trace_id` field, with traces exported, does not make
+    /// a second `trace_id` key.
     #[test]
-    fn review_an_event_field_named_trace_id_is_not_written_twice() {
+    fn an_event_field_named_trace_id_is_not_written_twice() {
         let lines = json_lines(true, || {
             let rpc = tracing::info_span!("rpc");
             let _rpc = rpc.enter();
@@ -396,13 +448,17 @@ mod tests {
         assert_eq!(lines[0].matches("\"trace_id\"").count(), 1, "{}", lines[0]);
     }
 
-    /// REVIEW: a field name is written unescaped: a name with a quote
-    /// (tracing accepts any string literal as a field name) breaks the line.
+    /// Field names are escaped too (tracing takes any string literal as a
+    /// name), an event's and a span's alike.
     #[test]
-    fn review_a_field_name_with_a_quote_keeps_the_line_valid_json() {
+    fn a_field_name_with_a_quote_keeps_the_line_valid_json() {
         let lines = json_lines(false, || {
+            let span = tracing::info_span!("rpc", "c\"d" = 2);
+            let _span = span.enter();
             tracing::info!("a\"b" = 1, "done");
         });
-        parse(&lines[0]);
+        let object = parse(&lines[0]);
+        assert_eq!(object["a\"b"], 1, "{}", lines[0]);
+        assert_eq!(object["c\"d"], 2, "{}", lines[0]);
     }
 }

@@ -1177,12 +1177,12 @@ fn json_keys(line: &str) -> Result<Vec<String>, serde_json::Error> {
     serde_json::from_str::<Keys>(line).map(|keys| keys.0)
 }
 
-/// REVIEW: every flow with JSON logs at TRACE (ours and every library's),
-/// traces exported: each line must be one JSON object with unique keys, and
-/// a record from a `log`-crate library (reqwest, rustls, redis) must keep
-/// its own target, as tracing-subscriber's JSON formatter did.
+/// JSON logs at TRACE (ours and every library's), traces exported: each
+/// line is one JSON object with unique keys, and a record from a
+/// `log`-crate library (reqwest, rustls, redis) keeps its own target, as
+/// tracing-subscriber's formatters show it.
 #[tokio::test]
-async fn review_json_logs_at_trace_level_are_valid_unique_and_keep_library_targets() {
+async fn json_logs_at_trace_level_are_valid_unique_and_keep_library_targets() {
     let collector = Collector::default();
     let collector_addr = collector.start(None).await;
     let upstream = start_upstream().await;
