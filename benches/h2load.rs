@@ -6,6 +6,7 @@
 //! cargo bench --bench h2load                                 # 3 rounds of 8 s per point
 //! cargo bench --bench h2load -- --seconds 4 --rounds 3
 //! cargo bench --bench h2load -- --bin before=/tmp/bankauth-before   # A/B against another build
+//! cargo bench --bench h2load -- --log-format json            # serve logging as the chart ships it
 //! ```
 //!
 //! Every server is pinned to core 0 (`taskset -c 0`); h2load and
@@ -26,7 +27,8 @@
 //!   bankauth stores, per request;
 //! - `demo`: `bankauth demo` (in-process cache, no API key, text logs);
 //! - `serve memory`: `bankauth serve`, no Redis, an API key on every request,
-//!   metrics on, default log level and format;
+//!   metrics on, default log level, text logs (`--log-format json`: the
+//!   chart's JSON lines);
 //! - `serve redis`: the same with Redis and `memory_ttl_secs = 0`, so every
 //!   hit is a Redis GET, an AES-GCM open and a decode.
 //!
@@ -79,6 +81,9 @@ struct Options {
     others: Vec<(String, PathBuf)>,
     /// Skip the 4 × 16 throughput points, or the 1 × 16 latency points.
     only: Option<String>,
+    /// `serve`'s `telemetry.log_format`: `text` (the configuration's
+    /// default, and every table's before issue 18) or `json` (the chart's).
+    log_format: String,
 }
 
 impl Options {
@@ -89,6 +94,7 @@ impl Options {
             rounds: 3,
             others: Vec::new(),
             only: None,
+            log_format: "text".to_owned(),
         };
         let args: Vec<String> = std::env::args().collect();
         for pair in args.windows(2) {
@@ -96,6 +102,7 @@ impl Options {
                 "--seconds" => options.seconds = pair[1].parse().expect("--seconds N"),
                 "--rounds" => options.rounds = pair[1].parse().expect("--rounds N"),
                 "--only" => options.only = Some(pair[1].clone()),
+                "--log-format" => options.log_format = pair[1].clone(),
                 "--bin" => {
                     let (name, path) = pair[1].split_once('=').expect("--bin NAME=PATH");
                     options.others.push((name.to_owned(), path.into()));
@@ -452,13 +459,15 @@ impl Drop for Redis {
 
 /// `bankauth serve`'s configuration, as an operator would write it: the
 /// sandbox as a Moneyhub provider, one caller with an API key, metrics on,
-/// logs at their defaults; Redis (every hit from Redis) when given.
+/// logs at the default level in `log_format`; Redis (every hit from Redis)
+/// when given.
 fn serve_config(
     dir: &Path,
     issuer: &str,
     listen: SocketAddr,
     metrics: SocketAddr,
     redis: Option<&str>,
+    log_format: &str,
 ) -> PathBuf {
     use sha2::Digest;
     let key_hash = hex::encode(sha2::Sha256::digest(API_KEY));
@@ -476,6 +485,7 @@ allow_plaintext = true
 
 [telemetry]
 metrics_addr = "{metrics}"
+log_format = "{log_format}"
 
 [cache]
 {cache}
@@ -680,7 +690,14 @@ async fn run(options: Options) {
         servers.push(demo);
         for redis_url in [None, Some(redis.url())] {
             let (addr, metrics) = (free_addr(), free_addr());
-            let config = serve_config(dir, &issuer, addr, metrics, redis_url.as_deref());
+            let config = serve_config(
+                dir,
+                &issuer,
+                addr,
+                metrics,
+                redis_url.as_deref(),
+                &options.log_format,
+            );
             let tier = if redis_url.is_some() {
                 "redis"
             } else {
@@ -737,10 +754,11 @@ async fn run(options: Options) {
     }
 
     eprintln!(
-        "h2load harness: {} rounds of {} s per point, token {} bytes, load average before: {}",
+        "h2load harness: {} rounds of {} s per point, token {} bytes, serve logs {}, load average before: {}",
         options.rounds,
         options.seconds,
         token_len,
+        options.log_format,
         load_average()
     );
     let shapes: Vec<(&str, u32, u32)> = [("4x16", 4, 16), ("1x16", 1, 16)]
