@@ -180,11 +180,14 @@ fn member_name(member: &str) -> &str {
 }
 
 /// Whether `escaped`, a name as a member has it, is the field name `name`.
+/// Only a name written with an escape (a backslash) is escaped again to
+/// compare: this runs for every field of every span of every line.
 fn names(escaped: &str, name: &str) -> bool {
-    escaped == name || {
-        let mut quoted = String::new();
-        write_json_string(&mut quoted, name).is_ok() && quoted[1..quoted.len() - 1] == *escaped
-    }
+    escaped == name
+        || escaped.contains('\\') && {
+            let mut quoted = String::new();
+            write_json_string(&mut quoted, name).is_ok() && quoted[1..quoted.len() - 1] == *escaped
+        }
 }
 
 /// Writes each field as a JSON member, but the OTLP-only ones and those
