@@ -45,6 +45,19 @@ async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> St
         .unwrap_or_else(|_| panic!("no log line with {needle:?} within 20 s"))
 }
 
+/// Waits for a JSON-logging bankauth's `bankauth listening` line and
+/// connects to the address it names.
+async fn connect_when_listening(
+    lines: &mut Lines<BufReader<ChildStderr>>,
+) -> AuthServiceClient<tonic::transport::Channel> {
+    let listening = wait_for(lines, "bankauth listening").await;
+    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
+    let addr = listening["addr"].as_str().unwrap();
+    AuthServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
 fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
@@ -416,13 +429,7 @@ async fn traces_reach_a_collector(protocol: &str, tls: bool) {
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (mut child, mut lines) = serve_binary(&config, &env);
-    let listening = wait_for(&mut lines, "bankauth listening").await;
-    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
-
-    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = connect_when_listening(&mut lines).await;
     let user = client
         .create_user(new_user("customer-1"))
         .await
@@ -575,12 +582,7 @@ async fn otel_propagators_choose_the_propagation() {
         warning.contains("b3") && warning.contains("WARN"),
         "{warning}"
     );
-    let listening = wait_for(&mut lines, "bankauth listening").await;
-    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
-    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = connect_when_listening(&mut lines).await;
     let user = upstream.sandbox.seed_users(1).remove(0);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut request = tonic::Request::new(bankauth::proto::v1::IssueWidgetTokenRequest {
@@ -864,12 +866,7 @@ async fn each_token_handed_out_is_one_log_line_naming_its_caller() {
     );
     let config = write_config(&dir, &upstream, &extra);
     let (mut child, mut lines) = serve_binary(&config, &[]);
-    let listening = wait_for(&mut lines, "bankauth listening").await;
-    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
-    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = connect_when_listening(&mut lines).await;
     fn authorized<T>(message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let bearer = format!("Bearer {API_KEY}").parse().unwrap();
@@ -1195,9 +1192,7 @@ async fn json_logs_at_trace_level_are_valid_unique_and_keep_library_targets() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     let (mut child, mut lines) = serve_binary(&config, &env);
-    let listening = wait_for(&mut lines, "bankauth listening").await;
-    let listening: serde_json::Value = serde_json::from_str(&listening).expect("JSON log lines");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let mut client = connect_when_listening(&mut lines).await;
     let reader = tokio::spawn(async move {
         let mut all = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -1205,9 +1200,6 @@ async fn json_logs_at_trace_level_are_valid_unique_and_keep_library_targets() {
         }
         all
     });
-    let mut client = AuthServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
     let user = client
         .create_user(new_user("customer-1"))
         .await
